@@ -1,0 +1,244 @@
+"""The ``simsearch`` command: parse, call the library, format. No logic of its own.
+
+Heavy modules (TensorFlow, FAISS, ONNX Runtime) are imported inside the commands that need them,
+so ``simsearch --help`` stays instant. Errors raised on purpose (``SimsearchError``) become one
+line on stderr and exit code 1; usage errors are Typer's own (exit 2).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from simsearch.hit import Hit
+
+app = typer.Typer(
+    name="simsearch",
+    help="Image similarity search over autoencoder embeddings (Keras + FAISS).",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+IndexDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--index-dir",
+        help="Index directory [default: $SIMSEARCH_INDEX_DIR or indexes/fashion-mnist].",
+        show_default=False,
+    ),
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or status lines.")]
+
+
+def fail(message: str) -> typer.Exit:
+    """Print ``error: message`` on stderr and return the exit to raise (code 1)."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(1)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the library's typed errors (and Ctrl-C) into one line and an exit code."""
+    from simsearch.errors import SimsearchError
+
+    try:
+        yield
+    except SimsearchError as exc:
+        raise fail(_one_line(str(exc))) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130) from None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) or "unknown error"
+
+
+def _index_dir(index_dir: Path | None) -> Path:
+    from simsearch.search_index import default_index_dir
+
+    return index_dir if index_dir is not None else default_index_dir()
+
+
+@app.command("build-index")
+def build_index_cmd(
+    catalog: Annotated[str, typer.Option(help="fashion-mnist.")] = "fashion-mnist",
+    split: Annotated[str, typer.Option(help="Split to index: train, test or all.")] = "train",
+    model: Annotated[
+        str, typer.Option(help="pca, dense, deep, conv, denoising, sparse.")
+    ] = "dense",
+    code_size: Annotated[int, typer.Option(help="Embedding dimension D.")] = 32,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping).")] = 20,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N items.")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed (repeatable runs).")] = 0,
+    loss: Annotated[str, typer.Option(help="bce or mse.")] = "bce",
+    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 256,
+    index_type: Annotated[str, typer.Option(help="flat, hnsw or ivf.")] = "flat",
+    index_dir: IndexDir = None,
+    data_dir: Annotated[
+        str | None, typer.Option(help="Folder with the Fashion-MNIST IDX files.")
+    ] = None,
+    tensorboard: Annotated[
+        Path | None, typer.Option(help="Also write TensorBoard logs to this folder.")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing index.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Train an autoencoder, embed the catalog and save a FAISS cosine index."""
+    with user_errors():
+        from simsearch.build import BuildConfig, build_index
+        from simsearch.progress import Reporter
+        from simsearch.training import TrainConfig
+
+        config = BuildConfig(
+            catalog=catalog,
+            split=split,
+            limit=limit,
+            train=TrainConfig(
+                model=model,
+                code_size=code_size,
+                epochs=epochs,
+                batch_size=batch_size,
+                loss=loss,
+                seed=seed,
+            ),
+            index_type=index_type,
+            data_dir=data_dir,
+        )
+        target = _index_dir(index_dir)
+        index = build_index(config, target, force, Reporter(quiet), tensorboard)
+        typer.echo(f"built {target}: {len(index):,} items, {index.dim}-d {model} embeddings")
+
+
+@app.command()
+def query(
+    images: Annotated[list[str], typer.Argument(help="Image files to search with.")],
+    index_dir: IndexDir = None,
+    k: Annotated[int, typer.Option("-k", "--k", min=1, max=1000, help="Neighbours.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON Lines output.")] = False,
+) -> None:
+    """Print the nearest catalog neighbours of each image."""
+    with user_errors():
+        from simsearch.errors import InvalidImageError
+        from simsearch.images import preprocess
+        from simsearch.search_index import SearchIndex
+
+        index = SearchIndex.load(_index_dir(index_dir))
+        failed = False
+        for name in images:  # one at a time: a bad image must not stop the others
+            try:
+                hits = index.query_pixels(preprocess(name)[None], k)[0]
+            except InvalidImageError as exc:
+                failed = True
+                _print_error(name, _one_line(str(exc)), as_json)
+                continue
+            _print_hits(name, hits, as_json, first=name == images[0])
+        if failed:
+            raise typer.Exit(1)
+
+
+def _print_error(name: str, message: str, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps({"query": name, "error": message}))
+    typer.echo(f"error: {message}", err=True)
+
+
+def _print_hits(name: str, hits: list[Hit], as_json: bool, first: bool) -> None:
+    if as_json:
+        results = [
+            hit.to_dict()
+            | {"similarity": round(hit.similarity, 6), "distance": round(hit.distance, 6)}
+            for hit in hits
+        ]
+        typer.echo(json.dumps({"query": name, "results": results}))
+        return
+    if not first:
+        typer.echo("")
+    typer.echo(f"query: {name}")
+    width = max([len(hit.id) for hit in hits] + [2])
+    typer.echo(f"{'rank':>4}  {'id':<{width}}  {'label':<12}  {'similarity':>10}  {'distance':>8}")
+    for hit in hits:
+        label = hit.label_name or ("-" if hit.label is None else str(hit.label))
+        typer.echo(
+            f"{hit.rank:>4}  {hit.id:<{width}}  {label:<12}  {hit.similarity:>10.4f}  "
+            f"{hit.distance:>8.4f}"
+        )
+
+
+@app.command()
+def info(
+    index_dir: IndexDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+) -> None:
+    """Describe an index: catalog, model, embedding, index type, versions, files."""
+    with user_errors():
+        from simsearch.search_index import SearchIndex
+
+        directory = _index_dir(index_dir)
+        index = SearchIndex.load(directory)
+        manifest = index.manifest
+        if as_json:
+            typer.echo(json.dumps(manifest, indent=2))
+            return
+        for line in _describe(directory, manifest):
+            typer.echo(line)
+
+
+@app.command("export-item")
+def export_item(
+    item_id: Annotated[str, typer.Argument(help="Catalog id, e.g. fashion-mnist/train/00042.")],
+    out: Annotated[Path, typer.Argument(help="PNG file to write.")],
+    index_dir: IndexDir = None,
+) -> None:
+    """Write a catalog item's image (as the model saw it) to a PNG file."""
+    with user_errors():
+        from simsearch.search_index import SearchIndex
+
+        index = SearchIndex.load(_index_dir(index_dir))
+        png = index.item_png(item_id)
+        try:
+            out.write_bytes(png)
+        except OSError as exc:
+            raise fail(f"cannot write {out}: {exc.strerror}") from None
+        typer.echo(f"wrote {out}")
+
+
+def _describe(directory: Path, m: dict[str, Any]) -> list[str]:
+    model, catalog, index = m["model"], m.get("catalog", {}), m["index"]
+    params = ", ".join(f"{k}={v}" for k, v in index.get("params", {}).items()) or "exact search"
+    limit = f", first {catalog['limit']:,}" if catalog.get("limit") else ""
+    val = model.get("final_val_loss")
+    lines = [
+        f"index        {directory}",
+        f"items        {m['count']:,} "
+        f"({catalog.get('source', '?')}/{catalog.get('split', '?')}{limit})",
+        f"model        {model.get('model')} autoencoder, code size {model.get('code_size')}, "
+        f"{model.get('epochs_run')} epochs in {model.get('train_seconds')} s"
+        + (f", val loss {val:.4f}" if isinstance(val, float) else ""),
+        f"embedding    {m['embedding_dim']}-d, metric {m['metric']} (L2-normalised, inner product)",
+        f"index type   {index['type']} ({params})",
+        f"created      {m.get('created_at')}"
+        + (f", updated {m['updated_at']}" if m.get("updated_at") else ""),
+        "versions     " + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items() if v),
+        f"format       {m['format_version']}",
+        "files",
+    ]
+    for name, entry in m["files"].items():
+        lines.append(f"  {name:<22} {entry['bytes']:>12,} bytes  sha256 {entry['sha256'][:12]}")
+    return lines
+
+
+def main() -> None:  # pragma: no cover - console entry point alias
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

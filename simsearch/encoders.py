@@ -1,0 +1,111 @@
+"""Query-time encoders: pixels -> codes, without TensorFlow.
+
+An index directory carries one encoder file: ``encoder.onnx`` (an exported Keras encoder, run by
+ONNX Runtime) or ``encoder.npz`` (PCA: a mean and a projection matrix, run by numpy). Both take
+(n, 28, 28) uint8 images and return (n, d) float32 codes; :func:`normalize` turns codes into the
+unit vectors the cosine index stores.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from simsearch.errors import IndexCorruptError
+
+BATCH = 1024
+
+
+class Encoder(Protocol):
+    dim: int
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        """(n, 28, 28) uint8 -> (n, dim) float32 raw codes (not normalised)."""
+        ...
+
+
+class OnnxEncoder:
+    """An exported Keras encoder run with ONNX Runtime."""
+
+    def __init__(self, path: Path, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise IndexCorruptError(f"{path}: not a loadable ONNX model ({exc})") from None
+        self.input_name = self.session.get_inputs()[0].name
+        shape = self.session.get_outputs()[0].shape
+        if len(shape) != 2 or not isinstance(shape[1], int):
+            raise IndexCorruptError(f"{path}: encoder output shape {shape} is not (n, d)")
+        self.dim = int(shape[1])
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(images, dtype=np.float32).reshape(-1, 28, 28)
+        out = [
+            self.session.run(None, {self.input_name: x[i : i + BATCH]})[0]
+            for i in range(0, len(x), BATCH)
+        ]
+        if not out:
+            return np.zeros((0, self.dim), np.float32)
+        return np.concatenate(out).astype(np.float32, copy=False)
+
+
+class LinearEncoder:
+    """PCA projection: codes = (pixels / 255 - mean) @ components."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                self.mean = data["mean"].astype(np.float32)
+                self.components = data["components"].astype(np.float32)
+        except Exception as exc:
+            raise IndexCorruptError(f"{path}: not a readable PCA encoder ({exc})") from None
+        if self.mean.shape != (784,) or self.components.shape[0] != 784:
+            raise IndexCorruptError(f"{path}: PCA encoder has wrong shapes")
+        self.dim = int(self.components.shape[1])
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        x = np.asarray(images, dtype=np.float32).reshape(-1, 784) / 255.0
+        return (x - self.mean) @ self.components
+
+
+def load_encoder(path: Path) -> Encoder:
+    """The encoder stored at ``path`` (by suffix: .onnx or .npz)."""
+    if path.suffix == ".onnx":
+        return OnnxEncoder(path)
+    if path.suffix == ".npz":
+        return LinearEncoder(path)
+    raise IndexCorruptError(f"{path}: unknown encoder format {path.suffix!r}")
+
+
+def fit_pca(images: np.ndarray, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """PCA of (n, 28, 28) uint8 pixels scaled to [0, 1]: mean (784,), components (784, dim)."""
+    x = np.asarray(images, dtype=np.float32).reshape(-1, 784) / 255.0
+    mean = x.mean(axis=0)
+    centred = x - mean
+    # Eigen-decomposition of the 784x784 covariance: exact and fast whatever n is.
+    cov = (centred.T.astype(np.float64) @ centred) / max(1, len(x) - 1)
+    eigenvalues, eigenvectors = np.linalg.eigh(cov)
+    order = np.argsort(eigenvalues)[::-1][:dim]
+    components = eigenvectors[:, order]
+    # Fix each component's sign so results repeat across LAPACK builds.
+    signs = np.sign(components[np.abs(components).argmax(axis=0), range(components.shape[1])])
+    return mean.astype(np.float32), (components * signs).astype(np.float32)
+
+
+def normalize(codes: np.ndarray) -> np.ndarray:
+    """(n, d) -> (n, d) float32 unit rows; an all-zero row stays zero (similarity 0 to all)."""
+    x = np.array(codes, dtype=np.float32, copy=True).reshape(len(codes), -1)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    np.divide(x, norms, out=x, where=norms > 1e-12)
+    x[(norms <= 1e-12).ravel()] = 0.0
+    return x

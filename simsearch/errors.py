@@ -1,0 +1,51 @@
+"""Typed errors. Every failure a user can cause raises one of these; the CLI turns them into
+one line on stderr (exit 1) and the server into a JSON 4xx."""
+
+from __future__ import annotations
+
+
+class SimsearchError(Exception):
+    """Base class of every error simsearch raises on purpose."""
+
+
+class InvalidImageError(SimsearchError, ValueError):
+    """An image that cannot be read or used (missing, truncated, not an image, blank, too large)."""
+
+
+class DatasetNotFoundError(SimsearchError, FileNotFoundError):
+    """The Fashion-MNIST IDX files were found in none of the places searched."""
+
+
+class DatasetCorruptError(SimsearchError):
+    """An IDX file has a wrong magic number, wrong dimensions or a wrong length."""
+
+
+class IndexNotFoundError(SimsearchError, FileNotFoundError):
+    """No index at the given directory (no directory, or no manifest.json in it)."""
+
+
+class IndexCorruptError(SimsearchError):
+    """An index directory whose files do not match its manifest (checksum, size, shape)."""
+
+
+class IncompatibleIndexError(SimsearchError):
+    """An index written by an unsupported format version or with a mismatching configuration."""
+
+
+class IndexExistsError(SimsearchError, FileExistsError):
+    """Refusing to overwrite an existing index without --force."""
+
+
+class DuplicateIdError(SimsearchError, ValueError):
+    """An item id that is already in the index."""
+
+
+class ItemNotFoundError(SimsearchError, KeyError):
+    """An item id that is not in the index."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "item not found"
+
+
+class ConfigError(SimsearchError, ValueError):
+    """A configuration value that is out of range or inconsistent."""

@@ -1,0 +1,309 @@
+"""``SearchIndex``: one object owns an index - encoder, FAISS index, item metadata, manifest."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simsearch import storage, vector_index
+from simsearch.encoders import Encoder, load_encoder, normalize
+from simsearch.errors import (
+    ConfigError,
+    IndexCorruptError,
+    IndexExistsError,
+    ItemNotFoundError,
+)
+from simsearch.hit import Hit
+from simsearch.images import ImageInput, preprocess
+
+MAX_K = 10_000
+
+
+def default_index_dir() -> Path:
+    """``SIMSEARCH_INDEX_DIR`` when set, else ``indexes/fashion-mnist``."""
+    return Path(os.environ.get("SIMSEARCH_INDEX_DIR") or "indexes/fashion-mnist")
+
+
+class SearchIndex:
+    """A searchable catalog of images.
+
+    Build one with :meth:`create` (see ``simsearch.build``), persist it with :meth:`save`, open it
+    with :meth:`load`. Vectors are L2-normalised codes; similarity is their inner product (cosine).
+    """
+
+    def __init__(
+        self,
+        *,
+        encoder: Encoder,
+        encoder_file: Path,
+        vectors: np.ndarray,
+        ids: np.ndarray,
+        labels: np.ndarray,
+        sources: np.ndarray,
+        images: np.ndarray | None,
+        manifest: dict[str, Any],
+        extra_files: dict[str, Path] | None = None,
+        faiss_index: Any = None,
+        directory: Path | None = None,
+    ) -> None:
+        n = len(ids)
+        if not (len(vectors) == len(labels) == len(sources) == n):
+            raise IndexCorruptError(
+                f"inconsistent index: {len(vectors)} vectors, {n} ids, {len(labels)} labels"
+            )
+        if images is not None and len(images) != n:
+            raise IndexCorruptError(f"inconsistent index: {len(images)} images for {n} ids")
+        self.encoder = encoder
+        self.encoder_file = encoder_file
+        self.vectors = vectors
+        self.ids = ids
+        self.labels = labels
+        self.sources = sources
+        self._images = images
+        self.manifest = manifest
+        self.extra_files = dict(extra_files or {})
+        self.directory = directory
+        self.label_names: list[str] = list(manifest.get("catalog", {}).get("label_names") or [])
+        self.dim = int(manifest["embedding_dim"])
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise IndexCorruptError(
+                f"vectors have shape {vectors.shape}, the manifest says dimension {self.dim}"
+            )
+        if encoder.dim != self.dim:
+            raise IndexCorruptError(
+                f"encoder produces {encoder.dim}-d codes, the index holds {self.dim}-d vectors"
+            )
+        index_conf = manifest["index"]
+        self.faiss_index = (
+            faiss_index
+            if faiss_index is not None
+            else vector_index.build(vectors, index_conf["type"], index_conf.get("params"))
+        )
+        if self.faiss_index.ntotal != n or self.faiss_index.d != self.dim:
+            raise IndexCorruptError(
+                f"FAISS index holds {self.faiss_index.ntotal} x {self.faiss_index.d}, "
+                f"expected {n} x {self.dim}"
+            )
+        self._row_of: dict[str, int] | None = None
+
+    # ------------------------------------------------------------------ persistence
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str], verify: bool = True) -> SearchIndex:
+        """Open the index at ``directory``; checks the manifest, every file's sha256 and shapes.
+
+        Raises IndexNotFoundError, IndexCorruptError or IncompatibleIndexError.
+        """
+        directory = Path(directory)
+        manifest = storage.read_manifest(directory)
+
+        def path(name: str) -> Path:
+            return storage.file_path(directory, manifest, name, verify=verify)
+
+        encoder_name = manifest["model"].get("encoder_file", "encoder.onnx")
+        encoder_file = path(encoder_name)
+        try:
+            vectors = np.load(path("vectors.npy"), allow_pickle=False)
+            with np.load(path("items.npz"), allow_pickle=False) as items:
+                ids, labels, sources = items["ids"], items["labels"], items["sources"]
+            images = np.load(path("images.npy"), allow_pickle=False, mmap_mode="r")
+        except IndexCorruptError:
+            raise
+        except Exception as exc:  # numpy raises ValueError/OSError/KeyError/zipfile errors
+            raise IndexCorruptError(f"{directory}: unreadable data file ({exc})") from None
+        if len(ids) != manifest["count"]:
+            raise IndexCorruptError(
+                f"{directory}: {len(ids)} items, the manifest says {manifest['count']}"
+            )
+        extra = {
+            name: directory / entry["path"]
+            for name, entry in manifest["files"].items()
+            if name not in {encoder_name, "vectors.npy", "items.npz", "images.npy", "index.faiss"}
+        }
+        return cls(
+            encoder=load_encoder(encoder_file),
+            encoder_file=encoder_file,
+            vectors=vectors,
+            ids=ids,
+            labels=labels,
+            sources=sources,
+            images=images,
+            manifest=manifest,
+            extra_files=extra,
+            faiss_index=vector_index.load(path("index.faiss")),
+            directory=directory,
+        )
+
+    def save(self, directory: str | os.PathLike[str], force: bool = False) -> None:
+        """Write the index to ``directory`` atomically (see ``simsearch.storage``).
+
+        Replacing a different existing index needs ``force=True``; re-saving the directory this
+        index was loaded from does not.
+        """
+        directory = Path(directory)
+        same = self.directory is not None and self.directory.resolve() == directory.resolve()
+        if storage.has_index(directory) and not (force or same):
+            raise IndexExistsError(
+                f"an index already exists at {directory}; use --force to replace it"
+            )
+        if self._images is None:
+            raise ConfigError("cannot save an index without its catalog images")
+        images = np.asarray(self._images)
+        files: dict[str, storage.FileSource] = {
+            self.encoder_file.name: self.encoder_file,
+            "vectors.npy": lambda p: _save_npy(p, self.vectors),
+            "items.npz": lambda p: _save_items(p, self.ids, self.labels, self.sources),
+            "images.npy": lambda p: _save_npy(p, images),
+            "index.faiss": lambda p: vector_index.save(self.faiss_index, p),
+            **self.extra_files,
+        }
+        manifest = {
+            **self.manifest,
+            "count": len(self),
+            "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        self.manifest = storage.write_index(directory, files, manifest)
+        self.directory = directory
+        # Later saves link from the new generation, which stays valid after garbage collection.
+        written = {
+            name: directory / entry["path"] for name, entry in self.manifest["files"].items()
+        }
+        self.encoder_file = written[self.encoder_file.name]
+        self.extra_files = {name: written[name] for name in self.extra_files}
+
+    # ------------------------------------------------------------------ queries
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def embed(self, images: Sequence[ImageInput] | np.ndarray) -> np.ndarray:
+        """Images (paths, bytes, PIL images or arrays) -> (n, d) float32 L2-normalised vectors.
+
+        A numpy array of shape (n, 28, 28) is taken as n images. Raises InvalidImageError.
+        """
+        return self.embed_pixels(_to_pixels(images))
+
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Preprocessed (n, 28, 28) uint8 pixels -> (n, d) float32 L2-normalised vectors."""
+        pixels = np.asarray(pixels)
+        if pixels.ndim != 3 or pixels.shape[1:] != (28, 28):
+            raise ConfigError(f"pixels must have shape (n, 28, 28), got {pixels.shape}")
+        return normalize(self.encoder.encode(pixels))
+
+    def search(self, vectors: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Low level: (n, d) float32 unit vectors -> scores (n, k'), rows (n, k')."""
+        return vector_index.search(self.faiss_index, vectors, _check_k(k))
+
+    def query(self, image: ImageInput, k: int = 10) -> list[Hit]:
+        """The k most similar catalog items to one image (path, bytes, PIL image or array)."""
+        return self.query_batch([image], k)[0]
+
+    def query_batch(
+        self, images: Sequence[ImageInput] | np.ndarray, k: int = 10
+    ) -> list[list[Hit]]:
+        """One list of hits per image, in the order given. Raises InvalidImageError."""
+        return self.query_pixels(_to_pixels(images), k)
+
+    def query_pixels(self, pixels: np.ndarray, k: int = 10) -> list[list[Hit]]:
+        """Like :meth:`query_batch` for already preprocessed (n, 28, 28) uint8 pixels."""
+        scores, rows = self.search(self.embed_pixels(pixels), k)
+        return [self._hits(s, r) for s, r in zip(scores, rows, strict=True)]
+
+    def _hits(self, scores: np.ndarray, rows: np.ndarray) -> list[Hit]:
+        hits: list[Hit] = []
+        for score, row in zip(scores.tolist(), rows.tolist(), strict=True):
+            if row < 0:  # FAISS filler: fewer neighbours than asked for
+                continue
+            similarity = min(1.0, max(-1.0, float(score)))
+            hits.append(
+                Hit(
+                    rank=len(hits) + 1,
+                    id=str(self.ids[row]),
+                    label=self.label_of(row),
+                    label_name=self.label_name_of(row),
+                    similarity=similarity,
+                    distance=1.0 - similarity,
+                    source=str(self.sources[row]) or None,
+                )
+            )
+        return hits
+
+    # ------------------------------------------------------------------ items
+
+    def label_of(self, row: int) -> int | None:
+        label = int(self.labels[row])
+        return None if label < 0 else label
+
+    def label_name_of(self, row: int) -> str | None:
+        label = self.label_of(row)
+        if label is None or label >= len(self.label_names):
+            return None
+        return self.label_names[label]
+
+    def row_of(self, item_id: str) -> int:
+        """Catalog position of ``item_id``; raises ItemNotFoundError."""
+        if self._row_of is None:
+            self._row_of = {str(i): row for row, i in enumerate(self.ids.tolist())}
+        row = self._row_of.get(item_id)
+        if row is None:
+            raise ItemNotFoundError(f"no item {item_id!r} in the index")
+        return row
+
+    def item_pixels(self, item_id: str) -> np.ndarray:
+        """The catalog item's (28, 28) uint8 image as the model saw it."""
+        if self._images is None:
+            raise ConfigError("this index has no stored images")
+        return np.asarray(self._images[self.row_of(item_id)])
+
+    def item_png(self, item_id: str) -> bytes:
+        """The catalog item as PNG bytes."""
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        Image.fromarray(self.item_pixels(item_id), mode="L").save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    @property
+    def images(self) -> np.ndarray:
+        """All catalog images (n, 28, 28) uint8 (memory-mapped when loaded)."""
+        if self._images is None:
+            raise ConfigError("this index has no stored images")
+        return self._images
+
+
+def _check_k(k: int) -> int:
+    if not isinstance(k, int | np.integer) or k < 1 or k > MAX_K:
+        raise ConfigError(f"k must be an integer between 1 and {MAX_K}, got {k!r}")
+    return int(k)
+
+
+def _to_pixels(images: Sequence[ImageInput] | np.ndarray) -> np.ndarray:
+    if isinstance(images, np.ndarray) and images.ndim == 3 and images.shape[1:] == (28, 28):
+        return np.stack([preprocess(image) for image in images]) if len(images) else images
+    if isinstance(images, np.ndarray | str | bytes | os.PathLike):
+        raise ConfigError("pass a sequence of images (or an (n, 28, 28) array), not one image")
+    pixels = [preprocess(image) for image in images]
+    if not pixels:
+        return np.zeros((0, 28, 28), np.uint8)
+    return np.stack(pixels)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def _save_items(path: Path, ids: np.ndarray, labels: np.ndarray, sources: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.savez(
+            f,
+            ids=np.asarray(ids, dtype=str),
+            labels=np.asarray(labels, dtype=np.int16),
+            sources=np.asarray(sources, dtype=str),
+        )

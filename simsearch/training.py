@@ -1,0 +1,230 @@
+"""Training: fit an autoencoder (or PCA) on catalog pixels and export its encoder.
+
+The product of training is a :class:`TrainedModel`: an exported encoder file that the query path
+can run without TensorFlow (``encoder.onnx``, or ``encoder.npz`` for PCA), the full Keras
+autoencoder (``autoencoder.keras``, for reconstructions), and the loss history.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simsearch.errors import ConfigError
+from simsearch.models import DEFAULT_MODEL, MODEL_KINDS
+from simsearch.progress import Reporter
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides what a training run produces."""
+
+    model: str = DEFAULT_MODEL
+    code_size: int = 32
+    epochs: int = 20
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    loss: str = "bce"  # binary cross-entropy on [0, 1] pixels, or "mse"
+    validation_fraction: float = 0.1  # held out from the TRAIN split; test is the query set
+    patience: int = 3  # early stopping on validation loss
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.model not in MODEL_KINDS:
+            raise ConfigError(
+                f"unknown --model {self.model!r}; choose one of {', '.join(MODEL_KINDS)}"
+            )
+        if self.epochs < 1:
+            raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.loss not in ("bce", "mse"):
+            raise ConfigError(f"--loss must be bce or mse, got {self.loss!r}")
+        if not 0.0 < self.validation_fraction < 0.5:
+            raise ConfigError("validation fraction must be in (0, 0.5)")
+
+
+@dataclass
+class TrainedModel:
+    """Files written into ``workdir`` and what training measured."""
+
+    config: TrainConfig
+    encoder_file: Path  # encoder.onnx or encoder.npz
+    extra_files: list[Path]  # autoencoder.keras, history.json, ...
+    history: dict[str, list[float]] = field(default_factory=dict)
+    epochs_run: int = 0
+    seconds: float = 0.0
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **asdict(self.config),
+            "encoder_file": self.encoder_file.name,
+            "epochs_run": self.epochs_run,
+            "train_seconds": round(self.seconds, 2),
+            "final_loss": self.history.get("loss", [None])[-1],
+            "final_val_loss": self.history.get("val_loss", [None])[-1],
+        }
+
+
+def train(
+    images: np.ndarray,
+    config: TrainConfig,
+    workdir: Path,
+    reporter: Reporter | None = None,
+    tensorboard_dir: Path | None = None,
+) -> TrainedModel:
+    """Train on ``images`` (n, 28, 28) uint8 and write the encoder into ``workdir``."""
+    config.validate()
+    reporter = reporter or Reporter(quiet=True)
+    if len(images) < 20:
+        raise ConfigError(f"need at least 20 training images, got {len(images)}")
+    if config.model == "pca":
+        return _train_pca(images, config, workdir)
+    return _train_keras(images, config, workdir, reporter, tensorboard_dir)
+
+
+def _train_pca(images: np.ndarray, config: TrainConfig, workdir: Path) -> TrainedModel:
+    from simsearch.encoders import fit_pca
+
+    start = time.perf_counter()
+    mean, components = fit_pca(images, config.code_size, seed=config.seed)
+    path = workdir / "encoder.npz"
+    np.savez(path, mean=mean, components=components)
+    return TrainedModel(config, path, [], {}, 1, time.perf_counter() - start)
+
+
+def _train_keras(
+    images: np.ndarray,
+    config: TrainConfig,
+    workdir: Path,
+    reporter: Reporter,
+    tensorboard_dir: Path | None,
+) -> TrainedModel:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    reporter.message("loading TensorFlow ...")
+    import keras
+
+    from simsearch.models import build_model
+
+    keras.utils.set_random_seed(config.seed)
+    x = images.astype(np.float32)
+    n_val = max(1, round(len(x) * config.validation_fraction))
+    x_train, x_val = x[:-n_val], x[-n_val:]  # the last slice of the split is held out
+
+    model = build_model(config.model, config.code_size)
+    loss = "binary_crossentropy" if config.loss == "bce" else "mse"
+    model.autoencoder.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss, metrics=["mse"]
+    )
+    callbacks: list[Any] = [
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=config.patience, restore_best_weights=True
+        ),
+        progress_callback(reporter, config.epochs, len(x_train), config.batch_size),
+    ]
+    if tensorboard_dir is not None:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(tensorboard_dir)))
+
+    start = time.perf_counter()
+    fitted = model.autoencoder.fit(
+        x_train,
+        x_train / 255.0,
+        validation_data=(x_val, x_val / 255.0),
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        shuffle=True,
+        callbacks=callbacks,
+        verbose=0,
+    )
+    seconds = time.perf_counter() - start
+    history = {key: [float(v) for v in values] for key, values in fitted.history.items()}
+
+    encoder_path = workdir / "encoder.onnx"
+    export_onnx(model.encoder, encoder_path)
+    autoencoder_path = workdir / "autoencoder.keras"
+    model.autoencoder.save(autoencoder_path)
+    history_path = workdir / "history.json"
+    history_path.write_text(json.dumps(history, indent=1))
+    extra = [autoencoder_path, history_path]
+    curve = _plot_history(history, workdir / "training_curve.png")
+    if curve is not None:
+        extra.append(curve)
+    return TrainedModel(config, encoder_path, extra, history, len(history["loss"]), seconds)
+
+
+def export_onnx(encoder: Any, path: Path) -> None:
+    """Export a Keras encoder to ONNX (float32 (n, 28, 28) -> (n, d)); needs tf2onnx."""
+    import warnings
+
+    encoder(np.zeros((1, 28, 28), np.float32))  # Keras' exporter needs a built, called model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tf2onnx's numpy deprecation chatter
+        encoder.export(str(path), format="onnx", verbose=False)
+
+
+def _plot_history(history: dict[str, list[float]], path: Path) -> Path | None:
+    """Training curve PNG (train and validation loss per epoch); skipped without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+    epochs = range(1, len(history["loss"]) + 1)
+    ax.plot(epochs, history["loss"], marker="o", label="train")
+    if "val_loss" in history:
+        ax.plot(epochs, history["val_loss"], marker="o", label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_title("autoencoder training")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def progress_callback(reporter: Reporter, epochs: int, n: int, batch_size: int) -> Any:
+    import keras
+
+    class ProgressCallback(keras.callbacks.Callback):
+        """One rich bar over all batches of all epochs, with the loss figures as status."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.steps = -(-n // batch_size)
+            self.context: Any = None
+            self.advance: Any = None
+            self.epoch = 0
+
+        def on_train_begin(self, logs: Any = None) -> None:
+            self.context = reporter.task("training", total=epochs * self.steps, unit="batches")
+            self.advance = self.context.__enter__()
+
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self.epoch = epoch + 1
+
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            loss = (logs or {}).get("loss")
+            status = f"epoch {self.epoch}/{epochs}" + (f" loss {loss:.4f}" if loss else "")
+            self.advance(1, status=status)
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            logs = logs or {}
+            reporter.message(
+                f"epoch {epoch + 1}/{epochs}: loss {logs.get('loss', float('nan')):.4f}"
+                f"  val_loss {logs.get('val_loss', float('nan')):.4f}"
+            )
+
+        def on_train_end(self, logs: Any = None) -> None:
+            if self.context is not None:
+                self.context.__exit__(None, None, None)
+
+    return ProgressCallback()

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.fakedata import write_dataset
+
+REAL_DATA = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test reads the user's real index/data settings or writes into the repository."""
+    monkeypatch.delenv("SIMSEARCH_INDEX_DIR", raising=False)
+    monkeypatch.delenv("SIMSEARCH_DATA_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no Keras cache from the user
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+@pytest.fixture(scope="session")
+def fake_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("fake-fmnist"))
+
+
+@pytest.fixture(scope="session")
+def pca_index_dir(tmp_path_factory: pytest.TempPathFactory, fake_data_dir: Path) -> Path:
+    """A real index (PCA encoder, the fast deterministic model) over the fake train split."""
+    from simsearch.build import BuildConfig, build_index
+    from simsearch.training import TrainConfig
+
+    directory = tmp_path_factory.mktemp("indexes") / "fake"
+    config = BuildConfig(data_dir=str(fake_data_dir), train=TrainConfig(model="pca", code_size=16))
+    build_index(config, directory)
+    return directory
+
+
+@pytest.fixture
+def item_png(tmp_path: Path, pca_index_dir: Path) -> Path:
+    """A catalog item exported as a PNG file (fashion-mnist/train/00007)."""
+    from simsearch.search_index import SearchIndex
+
+    index = SearchIndex.load(pca_index_dir)
+    path = tmp_path / "item7.png"
+    Image.fromarray(np.asarray(index.item_pixels("fashion-mnist/train/00007"))).save(path)
+    return path
+
+
+def real_data_or_skip() -> Path:
+    """The Debian Fashion-MNIST files; in CI their absence is a failure, not a skip."""
+    if (REAL_DATA / "train-images-idx3-ubyte.gz").is_file():
+        return REAL_DATA
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must install dataset-fashion-mnist ({REAL_DATA} is empty)")
+    pytest.skip("dataset-fashion-mnist is not installed")
