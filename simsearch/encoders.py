@@ -9,13 +9,14 @@ unit vectors the cosine index stores.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from simsearch.errors import IndexCorruptError
 
 BATCH = 1024
+SMALL_BATCH = 64  # up to this many images, encode on one thread
 
 
 class Encoder(Protocol):
@@ -27,31 +28,44 @@ class Encoder(Protocol):
 
 
 class OnnxEncoder:
-    """An exported Keras encoder run with ONNX Runtime."""
+    """An exported Keras encoder run with ONNX Runtime.
 
-    def __init__(self, path: Path, threads: int = 0) -> None:
-        import onnxruntime as ort
+    Two sessions: a single-threaded one for a few images (a query: thread hand-offs would cost
+    more than the work) and, created on first use, a multi-threaded one for large batches.
+    """
 
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(
-                str(path), options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise IndexCorruptError(f"{path}: not a loadable ONNX model ({exc})") from None
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.session = self._session(threads=1)
+        self._batch_session: Any = None
         self.input_name = self.session.get_inputs()[0].name
         shape = self.session.get_outputs()[0].shape
         if len(shape) != 2 or not isinstance(shape[1], int):
             raise IndexCorruptError(f"{path}: encoder output shape {shape} is not (n, d)")
         self.dim = int(shape[1])
 
+    def _session(self, threads: int) -> Any:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = threads
+        # No busy-waiting: on a shared machine spinning threads steal the cores they wait for.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            return ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise IndexCorruptError(f"{self.path}: not a loadable ONNX model ({exc})") from None
+
     def encode(self, images: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(images, dtype=np.float32).reshape(-1, 28, 28)
+        session = self.session
+        if len(x) > SMALL_BATCH:
+            if self._batch_session is None:
+                self._batch_session = self._session(threads=0)  # 0 = one per core
+            session = self._batch_session
         out = [
-            self.session.run(None, {self.input_name: x[i : i + BATCH]})[0]
+            session.run(None, {self.input_name: x[i : i + BATCH]})[0]
             for i in range(0, len(x), BATCH)
         ]
         if not out:

@@ -16,6 +16,7 @@ import numpy as np
 from simsearch.errors import ConfigError, IndexCorruptError
 
 INDEX_TYPES = ("flat", "hnsw", "ivf")
+SMALL_BATCH = 20  # below this many queries, search on one thread
 
 
 def default_params(index_type: str, count: int) -> dict[str, Any]:
@@ -74,7 +75,19 @@ def search(index: Any, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndar
     k = min(int(k), int(index.ntotal))
     if k <= 0 or len(vectors) == 0:
         return np.zeros((len(vectors), 0), np.float32), np.zeros((len(vectors), 0), np.int64)
-    scores, rows = index.search(vectors, k)
+    if len(vectors) >= SMALL_BATCH:
+        scores, rows = index.search(vectors, k)
+        return scores, rows
+    # One OpenMP thread for a handful of queries: forking a thread team costs more than the
+    # search itself, and on a busy machine a spinning team can cost milliseconds.
+    import faiss
+
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        scores, rows = index.search(vectors, k)
+    finally:
+        faiss.omp_set_num_threads(threads)
     return scores, rows
 
 

@@ -38,6 +38,22 @@ def pca_index_dir(tmp_path_factory: pytest.TempPathFactory, fake_data_dir: Path)
     return directory
 
 
+@pytest.fixture(scope="session")
+def dense_index_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real dense autoencoder trained through the CLI on 2,000 real items (TensorFlow: slow)."""
+    from typer.testing import CliRunner
+
+    from simsearch.cli import app
+
+    data_dir = real_data_or_skip()
+    directory = tmp_path_factory.mktemp("indexes") / "dense"
+    args = ["build-index", "--model", "dense", "--limit", "2000", "--epochs", "2", "--seed", "1"]
+    args += ["--data-dir", str(data_dir), "--index-dir", str(directory), "--quiet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return directory
+
+
 @pytest.fixture
 def item_png(tmp_path: Path, pca_index_dir: Path) -> Path:
     """A catalog item exported as a PNG file (fashion-mnist/train/00007)."""

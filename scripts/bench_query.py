@@ -1,0 +1,130 @@
+"""Where query time goes: cold CLI, warm library, batch throughput, catalog embedding.
+
+    python scripts/bench_query.py [--index-dir indexes/fashion-mnist] [--runs 5]
+
+Prints one JSON object. Needs a built index and the Fashion-MNIST test split (for query images).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from simsearch import SearchIndex
+from simsearch.data import load_split
+
+
+def wall(cmd: list[str], runs: int) -> list[float]:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def percentile_ms(values: list[float], q: float) -> float:
+    return round(1000 * float(np.percentile(values, q)), 4)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--index-dir", default=os.environ.get("SIMSEARCH_INDEX_DIR", "indexes/fashion-mnist"))
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--queries", type=int, default=1000)
+    args = parser.parse_args()
+
+    index = SearchIndex.load(args.index_dir)
+    test = load_split("test")
+    simsearch = str(Path(sys.executable).with_name("simsearch"))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pngs = []
+        for i in range(args.queries):
+            path = Path(tmp) / f"q{i:05d}.png"
+            Image.fromarray(test.images[i]).save(path)
+            pngs.append(str(path))
+
+        help_times = wall([simsearch, "--help"], args.runs)
+        cold_times = wall([simsearch, "query", pngs[0], "--index-dir", args.index_dir], args.runs)
+
+        # Warm library: one query per call, each with a different PNG file.
+        index.query(pngs[0], k=10)
+        warm = []
+        for path in pngs:
+            start = time.perf_counter()
+            index.query(path, k=10)
+            warm.append(time.perf_counter() - start)
+
+    vectors = index.embed_pixels(test.images[: args.queries])
+    bare = []
+    for row in range(len(vectors)):
+        one = vectors[row : row + 1]
+        start = time.perf_counter()
+        index.faiss_index.search(one, 10)
+        bare.append(time.perf_counter() - start)
+
+    batch_times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        index.query_batch(test.images, k=10)
+        batch_times.append(time.perf_counter() - start)
+
+    catalog = np.asarray(index.images)
+    embed_times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        index.embed_pixels(catalog)
+        embed_times.append(time.perf_counter() - start)
+
+    warm_p50 = percentile_ms(warm, 50)
+    bare_p50 = percentile_ms(bare, 50)
+    print(
+        json.dumps(
+            {
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "platform": platform.platform(),
+                    "python": platform.python_version(),
+                    "note": "2-core, 24 GiB, no GPU sandbox",
+                },
+                "index": {
+                    "dir": str(args.index_dir),
+                    "count": len(index),
+                    "dim": index.dim,
+                    "model": index.manifest["model"].get("model"),
+                    "type": index.manifest["index"]["type"],
+                },
+                "cli_help_s": {"median": round(statistics.median(help_times), 3), "runs": help_times},
+                "cold_cli_query_s": {
+                    "median": round(statistics.median(cold_times), 3),
+                    "runs": [round(t, 3) for t in cold_times],
+                },
+                "warm_query_ms": {
+                    "p50": warm_p50,
+                    "p99": percentile_ms(warm, 99),
+                    "n": len(warm),
+                    "bare_faiss_search_p50": bare_p50,
+                    "ratio_p50_to_bare": round(warm_p50 / bare_p50, 2) if bare_p50 else None,
+                },
+                "batch_queries_per_s": round(len(test.images) / statistics.median(batch_times)),
+                "embedding_images_per_s": round(len(catalog) / statistics.median(embed_times)),
+            },
+            indent=1,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
