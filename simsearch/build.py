@@ -1,7 +1,8 @@
-"""Build an index: load the catalog, train the model, embed, index, save atomically."""
+"""Build an index: load the catalog, train the model (or reuse one), embed, index, save."""
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -17,28 +18,37 @@ from simsearch.encoders import load_encoder, normalize
 from simsearch.errors import ConfigError, IndexExistsError
 from simsearch.progress import Reporter
 from simsearch.search_index import SearchIndex
-from simsearch.training import TrainConfig, train
+from simsearch.training import TrainConfig, TrainedModel, train
 from simsearch.vector_index import INDEX_TYPES, default_params
 
 EMBED_BATCH = 4096
 SPLITS = ("train", "test", "all")
+FASHION_MNIST = "fashion-mnist"
 
 
 @dataclass
 class BuildConfig:
     """What ``simsearch build-index`` builds."""
 
-    catalog: str = "fashion-mnist"
+    catalog: str = FASHION_MNIST  # or a folder of images
     split: str = "train"
     limit: int | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     index_type: str = "flat"
     index_params: dict[str, Any] = field(default_factory=dict)
     data_dir: str | None = None
+    labels_from_folders: bool = False
+    model_from: str | None = None  # reuse the encoder of this index instead of training
+
+    @property
+    def is_folder(self) -> bool:
+        return self.catalog != FASHION_MNIST
 
     def validate(self) -> None:
-        if self.catalog != "fashion-mnist":
-            raise ConfigError(f"unknown catalog {self.catalog!r}; only fashion-mnist is supported")
+        if self.is_folder and not Path(self.catalog).is_dir():
+            raise ConfigError(
+                f"--catalog must be fashion-mnist or an existing folder, got {self.catalog!r}"
+            )
         if self.split not in SPLITS:
             raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
         if self.limit is not None and self.limit < 1:
@@ -48,6 +58,17 @@ class BuildConfig:
                 f"unknown --index-type {self.index_type!r}; choose one of {', '.join(INDEX_TYPES)}"
             )
         self.train.validate()
+
+
+@dataclass
+class Catalog:
+    pixels: np.ndarray  # (n, 28, 28) uint8
+    ids: list[str]
+    labels: np.ndarray  # (n,) int16, -1 = no label
+    sources: list[str]  # "" = none
+    label_names: list[str]
+    skipped: list[dict[str, str]]
+    description: dict[str, Any]
 
 
 def versions() -> dict[str, str | None]:
@@ -71,8 +92,25 @@ def versions() -> dict[str, str | None]:
     }
 
 
-def load_catalog(config: BuildConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Catalog images (n, 28, 28) uint8, labels (n,) int16 and ids for the configured split."""
+def load_catalog(config: BuildConfig, reporter: Reporter) -> Catalog:
+    """The catalog to index: a Fashion-MNIST split or every image under a folder."""
+    if config.is_folder:
+        from simsearch.catalog import image_files, load_folder
+
+        root = Path(config.catalog)
+        files = image_files(root)[: config.limit]
+        folder = load_folder(root, config.labels_from_folders, reporter, paths=files)
+        if not folder.ids:
+            raise ConfigError(f"no usable images under {root}")
+        return Catalog(
+            folder.pixels,
+            folder.ids,
+            folder.labels,
+            folder.sources,
+            folder.label_names,
+            folder.skipped,
+            {"source": "folder", "path": str(root.resolve()), "limit": config.limit},
+        )
     splits = ["train", "test"] if config.split == "all" else [config.split]
     images: list[np.ndarray] = []
     labels: list[np.ndarray] = []
@@ -83,10 +121,21 @@ def load_catalog(config: BuildConfig) -> tuple[np.ndarray, np.ndarray, list[str]
         images.append(part.images[:count])
         labels.append(part.labels[:count].astype(np.int16))
         ids.extend(item_id(name, i) for i in range(count))
-    return np.concatenate(images), np.concatenate(labels), ids
+    return Catalog(
+        np.concatenate(images),
+        ids,
+        np.concatenate(labels),
+        [""] * len(ids),
+        list(CLASS_NAMES),
+        [],
+        {"source": FASHION_MNIST, "split": config.split, "limit": config.limit},
+    )
 
 
-def _train_images(config: BuildConfig) -> np.ndarray:
+def training_images(config: BuildConfig, catalog: Catalog) -> np.ndarray:
+    """Fashion-MNIST models learn from the train split, never from test items (the queries)."""
+    if config.is_folder or config.split == "train":
+        return catalog.pixels
     images = load_split("train", config.data_dir).images
     return images if config.limit is None else images[: config.limit]
 
@@ -101,6 +150,28 @@ def embed_catalog(encoder_file: Path, images: np.ndarray, reporter: Reporter) ->
             out[start : start + len(batch)] = normalize(encoder.encode(batch))
             advance(len(batch))
     return out
+
+
+def reuse_model(source_dir: Path, workdir: Path) -> TrainedModel:
+    """Copy the (checksum-verified) model files of an existing index into ``workdir``."""
+    source = SearchIndex.load(source_dir)
+    encoder_file = workdir / source.encoder_file.name
+    shutil.copyfile(source.encoder_file, encoder_file)
+    extra = []
+    for name in ("autoencoder.keras", "history.json", "training_curve.png"):
+        if name in source.extra_files:
+            extra.append(workdir / name)
+            shutil.copyfile(source.extra_files[name], workdir / name)
+    model = dict(source.manifest["model"])
+    fields = {k: model[k] for k in TrainConfig.__dataclass_fields__ if k in model}
+    return TrainedModel(
+        TrainConfig(**fields),
+        encoder_file,
+        extra,
+        {},
+        int(model.get("epochs_run", 0)),
+        float(model.get("train_seconds", 0.0)),
+    )
 
 
 def build_index(
@@ -119,29 +190,34 @@ def build_index(
     if storage.has_index(index_dir) and not force:
         raise IndexExistsError(f"an index already exists at {index_dir}; use --force to replace it")
 
-    images, labels, ids = load_catalog(config)
-    # The model always learns from the train split, never from test items (the query set).
-    train_images = images if config.split == "train" else _train_images(config)
-    reporter.message(
-        f"catalog: {len(images):,} items ({config.catalog}/{config.split}); "
-        f"training {config.train.model} (code {config.train.code_size}) on {len(train_images):,}"
-    )
-
-    with tempfile.TemporaryDirectory(prefix="simsearch-train-") as workdir:
-        trained = train(train_images, config.train, Path(workdir), reporter, tensorboard_dir)
-        vectors = embed_catalog(trained.encoder_file, images, reporter)
-        index_params = {**default_params(config.index_type, len(images)), **config.index_params}
+    catalog = load_catalog(config, reporter)
+    with tempfile.TemporaryDirectory(prefix="simsearch-build-") as tmp:
+        workdir = Path(tmp)
+        if config.model_from:
+            reporter.message(f"catalog: {len(catalog.ids):,} items; model from {config.model_from}")
+            trained = reuse_model(Path(config.model_from), workdir)
+        else:
+            train_images = training_images(config, catalog)
+            reporter.message(
+                f"catalog: {len(catalog.ids):,} items; training {config.train.model} "
+                f"(code {config.train.code_size}) on {len(train_images):,} images"
+            )
+            trained = train(train_images, config.train, workdir, reporter, tensorboard_dir)
+        vectors = embed_catalog(trained.encoder_file, catalog.pixels, reporter)
+        index_params = {
+            **default_params(config.index_type, len(catalog.ids)),
+            **config.index_params,
+        }
+        model = trained.describe() | {"encoder_sha256": storage.sha256_file(trained.encoder_file)}
+        if config.model_from:
+            model["reused_from"] = str(Path(config.model_from).resolve())
         manifest: dict[str, Any] = {
             "format_version": storage.FORMAT_VERSION,
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "versions": versions(),
-            "catalog": {
-                "source": config.catalog,
-                "split": config.split,
-                "limit": config.limit,
-                "label_names": list(CLASS_NAMES),
-            },
-            "model": trained.describe(),
+            "catalog": catalog.description
+            | {"label_names": catalog.label_names, "skipped": catalog.skipped},
+            "model": model,
             "preprocessing": {
                 "input": "28x28 uint8 grayscale, light object on a dark background",
                 "pipeline": "simsearch.images.preprocess (Fashion-MNIST framing, Xiao et al. 2017)",
@@ -150,22 +226,23 @@ def build_index(
             "embedding_dim": int(vectors.shape[1]),
             "metric": "cosine",
             "normalized": True,
-            "count": len(ids),
+            "count": len(catalog.ids),
             "index": {"type": config.index_type, "params": index_params},
-            "build": asdict(config) | {"train": asdict(config.train)},
+            "build": asdict(config),
         }
-        reporter.message(f"indexing {len(ids):,} vectors ({config.index_type}) ...")
+        reporter.message(f"indexing {len(catalog.ids):,} vectors ({config.index_type}) ...")
         index = SearchIndex(
             encoder=load_encoder(trained.encoder_file),
             encoder_file=trained.encoder_file,
             vectors=vectors,
-            ids=np.asarray(ids),
-            labels=labels,
-            sources=np.full(len(ids), "", dtype="<U1"),
-            images=images,
+            ids=np.asarray(catalog.ids, dtype=str),
+            labels=catalog.labels,
+            sources=np.asarray(catalog.sources, dtype=str),
+            images=catalog.pixels,
             manifest=manifest,
             extra_files={path.name: path for path in trained.extra_files},
         )
         index.save(index_dir, force=force)
-    reporter.message(f"saved {len(index):,} items to {index_dir}")
+    skipped = f", skipped {len(catalog.skipped)} unreadable" if catalog.skipped else ""
+    reporter.message(f"saved {len(index):,} items to {index_dir}{skipped}")
     return index

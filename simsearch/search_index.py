@@ -15,6 +15,8 @@ from simsearch import storage, vector_index
 from simsearch.encoders import Encoder, load_encoder, normalize
 from simsearch.errors import (
     ConfigError,
+    DuplicateIdError,
+    IncompatibleIndexError,
     IndexCorruptError,
     IndexExistsError,
     ItemNotFoundError,
@@ -108,6 +110,12 @@ class SearchIndex:
 
         encoder_name = manifest["model"].get("encoder_file", "encoder.onnx")
         encoder_file = path(encoder_name)
+        made_with = manifest["model"].get("encoder_sha256")
+        if made_with and made_with != manifest["files"][encoder_name].get("sha256"):
+            raise IncompatibleIndexError(
+                f"{directory}: {encoder_name} is not the model the vectors were made with "
+                "(checksum differs); rebuild the index"
+            )
         try:
             vectors = np.load(path("vectors.npy"), allow_pickle=False)
             with np.load(path("items.npz"), allow_pickle=False) as items:
@@ -233,6 +241,75 @@ class SearchIndex:
                 )
             )
         return hits
+
+    # ------------------------------------------------------------------ changes
+
+    def add(
+        self,
+        images: Sequence[ImageInput] | np.ndarray,
+        ids: Sequence[str],
+        labels: Sequence[int | None] | None = None,
+        sources: Sequence[str | None] | None = None,
+    ) -> None:
+        """Embed and append items (in memory; :meth:`save` persists). No rebuild is needed.
+
+        Raises DuplicateIdError for an id already in the index (or twice in ``ids``), and
+        InvalidImageError for an unusable image; on error nothing is added.
+        """
+        pixels = _to_pixels(images)
+        ids = [str(i) for i in ids]
+        if len(ids) != len(pixels):
+            raise ConfigError(f"{len(pixels)} images but {len(ids)} ids")
+        self._check_new_ids(ids)
+        labels = list(labels) if labels is not None else [None] * len(ids)
+        sources = list(sources) if sources is not None else [None] * len(ids)
+        if not (len(labels) == len(sources) == len(ids)):
+            raise ConfigError("ids, labels and sources must have the same length")
+        vectors = self.embed_pixels(pixels)
+        self.faiss_index.add(vectors)  # every index type here supports add
+        self.vectors = np.concatenate([self.vectors, vectors])
+        self.ids = np.concatenate([self.ids.astype(str), np.asarray(ids, dtype=str)])
+        new_labels = np.asarray([-1 if label is None else int(label) for label in labels])
+        self.labels = np.concatenate([self.labels, new_labels.astype(np.int16)])
+        new_sources = np.asarray([s or "" for s in sources], dtype=str)
+        self.sources = np.concatenate([self.sources.astype(str), new_sources])
+        self._images = np.concatenate([np.asarray(self.images), pixels])
+        self._row_of = None
+
+    def _check_new_ids(self, ids: list[str]) -> None:
+        seen: set[str] = set()
+        for item_id in ids:
+            if not item_id:
+                raise ConfigError("item ids must be non-empty strings")
+            if item_id in seen:
+                raise DuplicateIdError(f"id {item_id!r} is given twice")
+            seen.add(item_id)
+            try:
+                self.row_of(item_id)
+            except ItemNotFoundError:
+                continue
+            raise DuplicateIdError(f"id {item_id!r} is already in the index")
+
+    def remove(self, ids: Sequence[str]) -> None:
+        """Remove items by id (in memory; :meth:`save` persists).
+
+        The FAISS index is rebuilt from the stored vectors: instant for flat and IVF (which keep
+        their trained quantizer), a graph rebuild for HNSW, which cannot delete in FAISS.
+        Raises ItemNotFoundError (and removes nothing) when an id is unknown.
+        """
+        rows = sorted({self.row_of(str(item_id)) for item_id in ids})
+        keep = np.ones(len(self), dtype=bool)
+        keep[rows] = False
+        self.vectors = np.ascontiguousarray(self.vectors[keep])
+        self.ids, self.labels, self.sources = self.ids[keep], self.labels[keep], self.sources[keep]
+        self._images = np.asarray(self.images)[keep]
+        self._row_of = None
+        conf = self.manifest["index"]
+        if conf["type"] == "ivf" and len(self.vectors):
+            self.faiss_index.reset()  # keeps the trained coarse quantizer
+            self.faiss_index.add(self.vectors)
+        else:
+            self.faiss_index = vector_index.build(self.vectors, conf["type"], conf.get("params"))
 
     # ------------------------------------------------------------------ items
 

@@ -22,7 +22,8 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -192,3 +193,20 @@ def file_path(directory: Path, manifest: dict[str, Any], name: str, verify: bool
         if sha256_file(path) != entry.get("sha256"):
             raise IndexCorruptError(f"{path}: sha256 does not match the manifest (file changed?)")
     return path
+
+
+@contextmanager
+def locked(directory: Path) -> Iterator[None]:
+    """Serialise writers of one index (load-change-save) with an exclusive lock file.
+
+    Readers never take it: they see either the old or the new manifest.
+    """
+    import fcntl
+
+    read_manifest(directory)  # a clear IndexNotFoundError rather than an empty new folder
+    with open(directory / ".lock", "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

@@ -1,0 +1,82 @@
+"""Folder catalogs: every image under a directory, preprocessed like a query.
+
+Ids are paths relative to the folder (``shoes/red/0001.jpg``), ``source`` is the file's path,
+and with ``labels_from_folders`` the first folder level names the class. Files that cannot be
+used are skipped and reported, never abort the build.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from simsearch.errors import ConfigError, InvalidImageError
+from simsearch.images import preprocess
+from simsearch.progress import Reporter
+
+IMAGE_SUFFIXES = frozenset(
+    {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
+)
+
+
+@dataclass
+class FolderCatalog:
+    """Preprocessed pixels (n, 28, 28) uint8 with ids, labels (-1 = none) and sources."""
+
+    pixels: np.ndarray
+    ids: list[str]
+    labels: np.ndarray
+    sources: list[str]
+    label_names: list[str]
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+
+def image_files(root: Path) -> list[Path]:
+    """Image files under ``root`` (recursive, sorted, hidden files and folders left out)."""
+    files = []
+    for path in root.rglob("*"):
+        relative = path.relative_to(root)
+        if any(part.startswith(".") for part in relative.parts):
+            continue
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+            files.append(path)
+    return sorted(files)
+
+
+def load_folder(
+    root: Path,
+    labels_from_folders: bool = False,
+    reporter: Reporter | None = None,
+    paths: list[Path] | None = None,
+) -> FolderCatalog:
+    """Preprocess every image under ``root`` (or just ``paths``, which must lie under it)."""
+    reporter = reporter or Reporter(quiet=True)
+    if not root.is_dir():
+        raise ConfigError(f"catalog folder {root} does not exist or is not a directory")
+    files = image_files(root) if paths is None else paths
+    label_names = (
+        sorted({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1})
+        if labels_from_folders
+        else []
+    )
+    pixels, ids, labels, sources, skipped = [], [], [], [], []
+    with reporter.task("reading images", total=len(files), unit="images") as advance:
+        for path in files:
+            try:
+                pixels.append(preprocess(path))
+            except InvalidImageError as exc:
+                skipped.append({"path": str(path), "error": " ".join(str(exc).split())})
+                advance(1)
+                continue
+            relative = path.relative_to(root)
+            ids.append(relative.as_posix())
+            sources.append(str(path))
+            folder = relative.parts[0] if len(relative.parts) > 1 else None
+            labels.append(label_names.index(folder) if labels_from_folders and folder else -1)
+            advance(1)
+    if skipped:
+        reporter.message(f"skipped {len(skipped)} unreadable file(s) (listed in the manifest)")
+    stacked = np.stack(pixels) if pixels else np.zeros((0, 28, 28), np.uint8)
+    return FolderCatalog(stacked, ids, np.asarray(labels, np.int16), sources, label_names, skipped)
