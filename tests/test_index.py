@@ -247,3 +247,14 @@ def test_label_names_and_fields(pca_index_dir: Path) -> None:
         "distance",
         "source",
     }
+
+
+def test_committed_format_1_index_keeps_loading() -> None:
+    """tests/indices/v1 was written by format 1; every later version must still read it."""
+    directory = Path(__file__).parent / "indices" / "v1"
+    index = SearchIndex.load(directory)
+    assert len(index) == 30 and index.dim == 4
+    assert index.manifest["format_version"] == 1
+    for row in (0, 17, 29):
+        hit = index.query(np.asarray(index.images[row]), k=1)[0]
+        assert hit.id == f"fashion-mnist/train/{row:05d}" and hit.distance < 1e-4
