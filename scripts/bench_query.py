@@ -40,7 +40,9 @@ def percentile_ms(values: list[float], q: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--index-dir", default=os.environ.get("SIMSEARCH_INDEX_DIR", "indexes/fashion-mnist"))
+    parser.add_argument(
+        "--index-dir", default=os.environ.get("SIMSEARCH_INDEX_DIR", "indexes/fashion-mnist")
+    )
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--queries", type=int, default=1000)
     args = parser.parse_args()
@@ -106,7 +108,10 @@ def main() -> None:
                     "model": index.manifest["model"].get("model"),
                     "type": index.manifest["index"]["type"],
                 },
-                "cli_help_s": {"median": round(statistics.median(help_times), 3), "runs": help_times},
+                "cli_help_s": {
+                    "median": round(statistics.median(help_times), 3),
+                    "runs": help_times,
+                },
                 "cold_cli_query_s": {
                     "median": round(statistics.median(cold_times), 3),
                     "runs": [round(t, 3) for t in cold_times],

@@ -1,0 +1,160 @@
+// simsearch web page: plain JS, no framework, every request goes to this server.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+let lastQuery = null; // {blob, name}: re-run when k changes
+let maxUpload = 16 * 1024 * 1024;
+let originalUrl = null;
+let inFlight = null; // AbortController of the running search: a newer one replaces it
+
+function itemImageUrl(id) {
+  return "api/items/" + id.split("/").map(encodeURIComponent).join("/") + "/image";
+}
+
+function showError(message) {
+  $("error").textContent = message;
+  $("error").hidden = !message;
+}
+
+async function errorText(response) {
+  try {
+    const body = await response.json();
+    if (body && body.error) return body.error;
+  } catch (_) { /* not JSON */ }
+  return `${response.status} ${response.statusText}`;
+}
+
+async function search(blob, name) {
+  lastQuery = { blob, name };
+  if (blob.size > maxUpload) {
+    showError(`${name}: ${(blob.size / 1048576).toFixed(1)} MiB is over the ` +
+              `${(maxUpload / 1048576).toFixed(0)} MiB upload limit`);
+    return;
+  }
+  const k = Math.max(1, Math.min(1000, parseInt($("k").value, 10) || 10));
+  const form = new FormData();
+  form.append("image", blob, name);
+  if (inFlight) inFlight.abort();
+  const controller = (inFlight = new AbortController());
+  document.body.classList.add("busy");
+  try {
+    const response = await fetch(`api/search?k=${k}`, {
+      method: "POST", body: form, signal: controller.signal,
+    });
+    const body = response.ok ? await response.json() : await errorText(response);
+    if (controller !== inFlight) return; // a newer search has started
+    if (!response.ok) {
+      showError(body);
+      clearResults();
+      return;
+    }
+    showError("");
+    render(body, blob);
+  } catch (err) {
+    if (err.name !== "AbortError") showError(`the server did not answer (${err.message})`);
+  } finally {
+    if (controller === inFlight) {
+      inFlight = null;
+      document.body.classList.remove("busy");
+    }
+  }
+}
+
+function clearResults() {
+  $("results").replaceChildren();
+  $("results-title").hidden = true;
+  $("query").hidden = true;
+}
+
+function render(data, blob) {
+  if (originalUrl) URL.revokeObjectURL(originalUrl);
+  originalUrl = URL.createObjectURL(blob);
+  $("original").src = originalUrl;
+  $("seen").src = data.query_image;
+  $("query-name").textContent = `${data.query} · ${data.took_ms} ms`;
+  $("query").hidden = false;
+
+  const cards = data.results.map((hit) => {
+    const li = document.createElement("li");
+    li.className = "hit";
+    li.title = `${hit.id}\ndistance ${hit.distance.toFixed(4)}`;
+    const img = document.createElement("img");
+    img.className = "pixels";
+    img.loading = "lazy";
+    img.alt = hit.id;
+    img.src = itemImageUrl(hit.id);
+    const rank = document.createElement("span");
+    rank.className = "rank";
+    rank.textContent = `#${hit.rank}`;
+    const label = document.createElement("span");
+    label.className = "label";
+    label.textContent = hit.label_name ?? (hit.label ?? "–");
+    const sim = document.createElement("span");
+    sim.className = "sim";
+    sim.textContent = hit.similarity.toFixed(3);
+    li.append(img, rank, label, sim);
+    return li;
+  });
+  $("results").replaceChildren(...cards);
+  $("results-title").textContent = `Nearest neighbours (${data.results.length})`;
+  $("results-title").hidden = false;
+}
+
+function fromFiles(files) {
+  const file = files && files[0];
+  if (file) search(file, file.name || "pasted image");
+}
+
+async function randomItem() {
+  try {
+    const response = await fetch("api/items/random");
+    if (!response.ok) return showError(await errorText(response));
+    const item = await response.json();
+    const image = await fetch(itemImageUrl(item.id));
+    if (!image.ok) return showError(await errorText(image));
+    await search(await image.blob(), item.id);
+  } catch (err) {
+    showError(`the server did not answer (${err.message})`);
+  }
+}
+
+function init() {
+  const drop = $("drop");
+  $("file").addEventListener("change", (e) => { fromFiles(e.target.files); e.target.value = ""; });
+  drop.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" || e.key === " ") { e.preventDefault(); $("file").click(); }
+  });
+  ["dragenter", "dragover"].forEach((type) => drop.addEventListener(type, (e) => {
+    e.preventDefault();
+    drop.classList.add("over");
+  }));
+  ["dragleave", "drop"].forEach((type) => drop.addEventListener(type, () => {
+    drop.classList.remove("over");
+  }));
+  drop.addEventListener("drop", (e) => { e.preventDefault(); fromFiles(e.dataTransfer.files); });
+  // Dropping outside the zone must not navigate away from the page.
+  window.addEventListener("dragover", (e) => e.preventDefault());
+  window.addEventListener("drop", (e) => e.preventDefault());
+  document.addEventListener("paste", (e) => {
+    const files = [...(e.clipboardData?.items || [])]
+      .filter((item) => item.kind === "file" && item.type.startsWith("image/"))
+      .map((item) => item.getAsFile());
+    if (files.length) fromFiles(files);
+    else if (e.target.tagName !== "INPUT") showError("the clipboard holds no image");
+  });
+  $("random").addEventListener("click", randomItem);
+  $("k").addEventListener("change", () => {
+    if (lastQuery) search(lastQuery.blob, lastQuery.name);
+  });
+
+  fetch("api/health")
+    .then((r) => r.json())
+    .then((h) => {
+      maxUpload = h.max_upload_bytes || maxUpload;
+      $("status").textContent =
+        `${h.count.toLocaleString("en")} catalog items · ${h.model || "?"} model, ${h.dim}-d`;
+    })
+    .catch(() => { $("status").textContent = "server not reachable"; });
+}
+
+init();
