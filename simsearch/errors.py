@@ -49,3 +49,15 @@ class ItemNotFoundError(SimsearchError, KeyError):
 
 class ConfigError(SimsearchError, ValueError):
     """A configuration value that is out of range or inconsistent."""
+
+
+class EvaluationError(SimsearchError, ValueError):
+    """An index that the evaluation protocol cannot score (unlabelled or foreign catalog)."""
+
+
+class MissingDependencyError(SimsearchError, ImportError):
+    """An optional package a feature needs is not installed (the message says how to install it)."""
+
+
+class OutputError(SimsearchError, OSError):
+    """An output file (a figure, an exported image) that cannot be written."""

@@ -150,7 +150,7 @@ def _train_keras(
     history_path = workdir / "history.json"
     history_path.write_text(json.dumps(history, indent=1))
     extra = [autoencoder_path, history_path]
-    curve = _plot_history(history, workdir / "training_curve.png")
+    curve = _plot_history(history, workdir / "training_curve.png", config.loss)
     if curve is not None:
         extra.append(curve)
     return TrainedModel(config, encoder_path, extra, history, len(history["loss"]), seconds)
@@ -166,29 +166,16 @@ def export_onnx(encoder: Any, path: Path) -> None:
         encoder.export(str(path), format="onnx", verbose=False)
 
 
-def _plot_history(history: dict[str, list[float]], path: Path) -> Path | None:
+def _plot_history(history: dict[str, list[float]], path: Path, loss: str = "") -> Path | None:
     """Training curve PNG (train and validation loss per epoch); skipped without matplotlib."""
-    try:
-        import matplotlib
+    from simsearch.errors import MissingDependencyError
+    from simsearch.figures import training_curve
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    names = {"bce": "loss (binary cross-entropy)", "mse": "loss (mean squared error)"}
+    try:
+        return training_curve(history, path, loss_name=names.get(loss, "loss"))
+    except MissingDependencyError:
         return None
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
-    epochs = range(1, len(history["loss"]) + 1)
-    ax.plot(epochs, history["loss"], marker="o", label="train")
-    if "val_loss" in history:
-        ax.plot(epochs, history["val_loss"], marker="o", label="validation")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.set_title("autoencoder training")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
 
 
 def progress_callback(reporter: Reporter, epochs: int, n: int, batch_size: int) -> Any:
