@@ -76,10 +76,17 @@ def build_index_cmd(
     ] = "fashion-mnist",
     split: Annotated[str, typer.Option(help="Split to index: train, test or all.")] = "train",
     model: Annotated[
-        str, typer.Option(help="pca, dense, deep, conv, denoising, sparse, vae.")
-    ] = "dense",
-    code_size: Annotated[int, typer.Option(help="Embedding dimension D.")] = 32,
-    epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping).")] = 20,
+        str,
+        typer.Option(
+            help="conv-denoising (default), pca, dense, deep, conv, denoising, sparse or vae"
+        ),
+    ] = "conv-denoising",
+    code_size: Annotated[int, typer.Option(help="Embedding dimension D.")] = 64,
+    epochs: Annotated[int, typer.Option(help="Epochs (cosine schedule, early stopping).")] = 10,
+    whiten: Annotated[
+        float | None,
+        typer.Option(help="PCA-whitening power folded into the encoder [0.25 for conv-denoising]."),
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="Use only the first N items.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed (repeatable runs).")] = 0,
     loss: Annotated[str, typer.Option(help="bce or mse.")] = "bce",
@@ -122,6 +129,7 @@ def build_index_cmd(
                 model=model,
                 code_size=code_size,
                 epochs=epochs,
+                whiten=whiten,
                 batch_size=batch_size,
                 loss=loss,
                 seed=seed,

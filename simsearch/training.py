@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from simsearch.errors import ConfigError
-from simsearch.models import DEFAULT_MODEL, MODEL_KINDS
+from simsearch.models import DEFAULT_MODEL, DEFAULT_WHITEN, MODEL_KINDS
 from simsearch.progress import Reporter
 
 
@@ -26,10 +26,12 @@ class TrainConfig:
     """Everything that decides what a training run produces."""
 
     model: str = DEFAULT_MODEL
-    code_size: int = 32
-    epochs: int = 20
+    code_size: int = 64
+    epochs: int = 10
     batch_size: int = 256
-    learning_rate: float = 1e-3
+    learning_rate: float = 2e-3  # AdamW peak rate, cosine-decayed to 0 over the run
+    weight_decay: float = 1e-4
+    whiten: float | None = None  # PCA-whitening power folded into the encoder; None = per kind
     loss: str = "bce"  # binary cross-entropy on [0, 1] pixels, or "mse"
     validation_fraction: float = 0.1  # held out from the TRAIN split; test is the query set
     patience: int = 3  # early stopping on validation loss
@@ -44,6 +46,8 @@ class TrainConfig:
             raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
         if self.loss not in ("bce", "mse"):
             raise ConfigError(f"--loss must be bce or mse, got {self.loss!r}")
+        if self.whiten is not None and not 0.0 <= self.whiten <= 0.5:
+            raise ConfigError(f"--whiten must be between 0 and 0.5, got {self.whiten}")
         if not 0.0 < self.validation_fraction < 0.5:
             raise ConfigError("validation fraction must be in (0, 0.5)")
 
@@ -117,9 +121,10 @@ def _train_keras(
 
     model = build_model(config.model, config.code_size)
     loss = "binary_crossentropy" if config.loss == "bce" else "mse"
-    model.autoencoder.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss, metrics=["mse"]
-    )
+    steps = config.epochs * -(-len(x_train) // config.batch_size)
+    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, steps)
+    optimizer = keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay)
+    model.autoencoder.compile(optimizer=optimizer, loss=loss, metrics=["mse"])
     callbacks: list[Any] = [
         keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=config.patience, restore_best_weights=True
@@ -143,17 +148,43 @@ def _train_keras(
     seconds = time.perf_counter() - start
     history = {key: [float(v) for v in values] for key, values in fitted.history.items()}
 
+    encoder = model.encoder
+    power = config.whiten if config.whiten is not None else DEFAULT_WHITEN.get(config.model, 0.0)
+    if power:
+        reporter.message(f"fitting the whitening (power {power}) on {len(x):,} codes ...")
+        encoder = fold_whitening(encoder, x, power)
     encoder_path = workdir / "encoder.onnx"
-    export_onnx(model.encoder, encoder_path)
+    export_onnx(encoder, encoder_path)
+    keras_encoder_path = workdir / "encoder.keras"  # the exported encoder, for parity checks
+    encoder.save(keras_encoder_path)
     autoencoder_path = workdir / "autoencoder.keras"
     model.autoencoder.save(autoencoder_path)
     history_path = workdir / "history.json"
     history_path.write_text(json.dumps(history, indent=1))
-    extra = [autoencoder_path, history_path]
+    extra = [autoencoder_path, keras_encoder_path, history_path]
     curve = _plot_history(history, workdir / "training_curve.png", config.loss)
     if curve is not None:
         extra.append(curve)
     return TrainedModel(config, encoder_path, extra, history, len(history["loss"]), seconds)
+
+
+def fold_whitening(encoder: Any, images: np.ndarray, power: float) -> Any:
+    """The encoder followed by a fixed linear map: PCA-whitening of its codes on ``images``.
+
+    codes -> (codes - mean) @ U diag(eigenvalues ** -power); power 0.5 is full whitening, 0.25
+    "half" whitening (it evens out the code's directions without blowing up the noisy ones).
+    """
+    import keras
+
+    codes = encoder.predict(images, batch_size=1024, verbose=0).astype(np.float64)
+    mean = codes.mean(axis=0)
+    eigenvalues, vectors = np.linalg.eigh(np.cov((codes - mean).T))
+    floor = 1e-6 * max(float(eigenvalues.max()), 1e-12)
+    weights = vectors / np.power(np.maximum(eigenvalues, 0.0) + floor, power)
+    layer = keras.layers.Dense(codes.shape[1], name="whiten")
+    outputs = layer(encoder.output)
+    layer.set_weights([weights.astype(np.float32), (-mean @ weights).astype(np.float32)])
+    return keras.Model(encoder.input, outputs, name="encoder_whitened")
 
 
 def export_onnx(encoder: Any, path: Path) -> None:

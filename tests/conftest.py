@@ -40,14 +40,14 @@ def pca_index_dir(tmp_path_factory: pytest.TempPathFactory, fake_data_dir: Path)
 
 @pytest.fixture(scope="session")
 def dense_index_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real dense autoencoder trained through the CLI on 2,000 real items (TensorFlow: slow)."""
+    """The default model trained through the CLI on 2,000 real items (TensorFlow: slow)."""
     from typer.testing import CliRunner
 
     from simsearch.cli import app
 
     data_dir = real_data_or_skip()
     directory = tmp_path_factory.mktemp("indexes") / "dense"
-    args = ["build-index", "--model", "dense", "--limit", "2000", "--epochs", "2", "--seed", "1"]
+    args = ["build-index", "--limit", "2000", "--epochs", "2", "--seed", "1"]  # default model
     args += ["--data-dir", str(data_dir), "--index-dir", str(directory), "--quiet"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
