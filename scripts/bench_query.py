@@ -116,8 +116,9 @@ def main() -> None:
                 },
                 "cli_help_s": {
                     "median": round(statistics.median(help_times), 3),
-                    "runs": help_times,
+                    "runs": [round(t, 3) for t in help_times],
                 },
+                "load_average_1min": round(os.getloadavg()[0], 2),
                 "cold_cli_query_s": {
                     "median": round(statistics.median(cold_times), 3),
                     "runs": [round(t, 3) for t in cold_times],
