@@ -166,9 +166,7 @@ def _conv_denoising(code_size: int, width: int = 32, hidden: int = 256) -> Autoe
     # the code learns to ignore the small misalignments a photographed query brings.
     pixels = keras.Input((28, 28), dtype="float32", name="pixels")
     z = layers.Reshape((28, 28, 1))(pixels)
-    z = layers.RandomTranslation(
-        2 / 28, 2 / 28, fill_mode="constant", interpolation="nearest"
-    )(z)
+    z = layers.RandomTranslation(2 / 28, 2 / 28, fill_mode="constant", interpolation="nearest")(z)
     z = layers.RandomFlip("horizontal")(z)
     z = layers.Reshape((28, 28))(z)
     z = layers.Rescaling(1.0 / 255.0)(z)
