@@ -209,3 +209,32 @@ def test_help_lists_commands() -> None:
     assert result.exit_code == 0
     for command in ("build-index", "query", "info"):
         assert command in result.stdout
+
+
+@pytest.mark.slow
+def test_rephotographed_catalog_items_find_themselves(
+    dense_index_dir: Path, tmp_path: Path
+) -> None:
+    """Catalog items enlarged, tinted, dark on white, off centre, as JPEG: found via the CLI."""
+    from PIL import ImageOps
+
+    from simsearch import SearchIndex
+
+    index = SearchIndex.load(dense_index_dir)
+    paths, expected = [], []
+    for row in (3, 250, 1234):
+        item = Image.fromarray(np.asarray(index.images[row]), mode="L")
+        photo = ImageOps.invert(ImageOps.colorize(item, black=(0, 0, 0), white=(90, 160, 250)))
+        photo = photo.resize((280, 280), Image.Resampling.BICUBIC)
+        canvas = Image.new("RGB", (700, 560), photo.getpixel((0, 0)))
+        canvas.paste(photo, (60 + row % 300, 200))
+        path = tmp_path / f"photo{row}.jpg"
+        canvas.save(path, quality=85)
+        paths.append(path)
+        expected.append(str(index.ids[row]))
+    result = run("query", *paths, "--index-dir", dense_index_dir, "--json", "-k", "10")
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    for record, item_id in zip(records, expected, strict=True):
+        assert item_id in [r["id"] for r in record["results"]]
+    assert sum(r["results"][0]["id"] == i for r, i in zip(records, expected, strict=True)) >= 2
