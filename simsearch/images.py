@@ -71,8 +71,13 @@ _FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "DIB", "GIF", "TIFF", "PPM", "I
 _LOSSY_FORMATS = frozenset({"JPEG", "MPO", "WEBP", "AVIF"})
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601-2, as Pillow's "L"
 
-# Trimming thresholds, in grey levels of the background-subtracted intensity (measured on
-# re-photographed Fashion-MNIST items, see the module docstring of the tests):
+# The constants below were tuned by measuring, on 500 Fashion-MNIST train items re-photographed
+# (enlarged 2-18x with bicubic, tinted, negated, pasted off centre, PNG or JPEG q85/90), the mean
+# absolute error against the original and raw-pixel self-retrieval over the 60,000 items.
+# Without the sub-pixel edge refinement rank-1 drops from ~0.90-0.97 to ~0.65; with the odd
+# margin pixel on the right instead of the left it drops to ~0.53; no sharpening costs ~2 grey
+# levels of mean error, Lanczos ~1.3, bicubic ~0.8, box ~0.2 against Hamming.
+# Trimming thresholds, in grey levels of the background-subtracted intensity:
 _T_LOSSLESS = 0.5  # lossless input: anything that differs from the background is object
 _T_LOSSY = 2.0  # JPEG/WebP: above the faint ringing that survives a 3x3 box blur
 _T_LOSSY_REL = 0.05  # lossy and enlarged < 8x: ringing spans whole pixels, use 5 % of the peak
@@ -87,7 +92,7 @@ _RESAMPLE = Image.Resampling.HAMMING
 
 def _fail(name: str, reason: str) -> InvalidImageError:
     """An InvalidImageError whose message is one line: ``"<reason>: <name>"``."""
-    return InvalidImageError(" ".join(f"{reason}: {name}".split()))
+    return InvalidImageError(" ".join(f"{reason}: {name}".splitlines()))
 
 
 def _exc_text(exc: BaseException) -> str:
