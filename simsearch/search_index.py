@@ -183,6 +183,8 @@ class SearchIndex:
             name: directory / entry["path"] for name, entry in self.manifest["files"].items()
         }
         self.encoder_file = written[self.encoder_file.name]
+        # The encoder may have been opened from a temporary build folder that is about to go.
+        self.encoder = load_encoder(self.encoder_file)
         self.extra_files = {name: written[name] for name in self.extra_files}
 
     # ------------------------------------------------------------------ queries

@@ -258,3 +258,11 @@ def test_committed_format_1_index_keeps_loading() -> None:
     for row in (0, 17, 29):
         hit = index.query(np.asarray(index.images[row]), k=1)[0]
         assert hit.id == f"fashion-mnist/train/{row:05d}" and hit.distance < 1e-4
+
+
+def test_index_returned_by_build_keeps_working(fake_data_dir: Path, tmp_path: Path) -> None:
+    """The temporary build folder is gone; the returned index must embed large batches."""
+    config = BuildConfig(data_dir=str(fake_data_dir), train=TrainConfig(model="pca", code_size=8))
+    index = build_index(config, tmp_path / "built")
+    assert index.encoder_file.is_relative_to(tmp_path / "built")
+    assert index.embed_pixels(np.asarray(index.images)).shape == (400, 8)
