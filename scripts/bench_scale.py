@@ -446,6 +446,7 @@ def main() -> None:
         action="store_false",
         help="build every IVF variant with vector_index.build (coarse k-means trained each time)",
     )
+    parser.add_argument("--note", default=None, help="free text recorded in the JSON")
     parser.add_argument("--out", default=None, help="also write the JSON here (updated live)")
     args = parser.parse_args()
     kinds = [t.strip() for t in args.types.split(",") if t.strip()]
@@ -501,6 +502,7 @@ def main() -> None:
         "partial": True,
         "machine": machine(),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        **({"note": args.note} if args.note else {}),
         "source_index": {
             "dir": str(args.index_dir),
             "count": n_seeds,
