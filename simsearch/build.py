@@ -19,7 +19,7 @@ from simsearch.errors import ConfigError, IndexExistsError
 from simsearch.progress import Reporter
 from simsearch.search_index import SearchIndex
 from simsearch.training import TrainConfig, TrainedModel, train
-from simsearch.vector_index import INDEX_TYPES, default_params
+from simsearch.vector_index import AUTO, choose_type, default_params
 
 EMBED_BATCH = 4096
 SPLITS = ("train", "test", "all")
@@ -34,7 +34,7 @@ class BuildConfig:
     split: str = "train"
     limit: int | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
-    index_type: str = "flat"
+    index_type: str = AUTO  # or flat, hnsw, ivf; auto chooses by catalog size
     index_params: dict[str, Any] = field(default_factory=dict)
     data_dir: str | None = None
     labels_from_folders: bool = False
@@ -53,10 +53,7 @@ class BuildConfig:
             raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit must be at least 1, got {self.limit}")
-        if self.index_type not in INDEX_TYPES:
-            raise ConfigError(
-                f"unknown --index-type {self.index_type!r}; choose one of {', '.join(INDEX_TYPES)}"
-            )
+        choose_type(self.index_type, 0)  # refuses an unknown type before any work
         self.train.validate()
 
 
@@ -204,10 +201,8 @@ def build_index(
             )
             trained = train(train_images, config.train, workdir, reporter, tensorboard_dir)
         vectors = embed_catalog(trained.encoder_file, catalog.pixels, reporter)
-        index_params = {
-            **default_params(config.index_type, len(catalog.ids)),
-            **config.index_params,
-        }
+        index_type = choose_type(config.index_type, len(catalog.ids))
+        index_params = {**default_params(index_type, len(catalog.ids)), **config.index_params}
         model = trained.describe() | {"encoder_sha256": storage.sha256_file(trained.encoder_file)}
         if config.model_from:
             model["reused_from"] = str(Path(config.model_from).resolve())
@@ -227,10 +222,10 @@ def build_index(
             "metric": "cosine",
             "normalized": True,
             "count": len(catalog.ids),
-            "index": {"type": config.index_type, "params": index_params},
+            "index": {"type": index_type, "params": index_params},
             "build": asdict(config),
         }
-        reporter.message(f"indexing {len(catalog.ids):,} vectors ({config.index_type}) ...")
+        reporter.message(f"indexing {len(catalog.ids):,} vectors ({index_type}) ...")
         index = SearchIndex(
             encoder=load_encoder(trained.encoder_file),
             encoder_file=trained.encoder_file,

@@ -91,7 +91,13 @@ def build_index_cmd(
     seed: Annotated[int, typer.Option(help="Random seed (repeatable runs).")] = 0,
     loss: Annotated[str, typer.Option(help="bce or mse.")] = "bce",
     batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 256,
-    index_type: Annotated[str, typer.Option(help="flat, hnsw or ivf.")] = "flat",
+    index_type: Annotated[
+        str,
+        typer.Option(
+            help="auto (flat up to 20,000 items, hnsw up to 2,000,000, ivf above), flat (exact), "
+            "hnsw or ivf."
+        ),
+    ] = "auto",
     hnsw_m: Annotated[int | None, typer.Option(help="HNSW: links per node [32].")] = None,
     ef_search: Annotated[int | None, typer.Option(help="HNSW: search breadth [64].")] = None,
     nlist: Annotated[int | None, typer.Option(help="IVF: lists [4*sqrt(n)].")] = None,

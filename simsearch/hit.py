@@ -18,5 +18,30 @@ class Hit:
     distance: float
     source: str | None  # file path for items that came from a folder catalog
 
+    @classmethod
+    def make(
+        cls,
+        rank: int,
+        id: str,
+        label: int | None,
+        label_name: str | None,
+        similarity: float,
+        distance: float,
+        source: str | None,
+    ) -> Hit:
+        """The same Hit as ``Hit(...)``, built about twice as fast (no frozen ``__setattr__``
+        per field): the query path makes one per result."""
+        hit = object.__new__(cls)
+        hit.__dict__.update(
+            rank=rank,
+            id=id,
+            label=label,
+            label_name=label_name,
+            similarity=similarity,
+            distance=distance,
+            source=source,
+        )
+        return hit
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

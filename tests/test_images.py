@@ -24,6 +24,7 @@ from simsearch.images import (
     MAX_IMAGE_PIXELS,
     load_image,
     preprocess,
+    preprocess_array,
     preprocess_batch,
 )
 
@@ -490,6 +491,21 @@ def test_preprocess_batch() -> None:
     assert preprocess_batch([]).shape == (0, 28, 28)
     with pytest.raises(InvalidImageError, match="item 1"):
         preprocess_batch([item, b"not an image", item])
+
+
+def test_preprocess_array_matches_preprocess_per_image() -> None:
+    item = _fmnist_like_item()
+    inverted = 255 - item  # light background: goes through the full framing
+    low_contrast = (item // 8).astype(np.uint8)
+    batch = np.stack([item, inverted, low_contrast, item[::-1]])
+    out = preprocess_array(batch)
+    assert out.dtype == np.uint8 and out.shape == batch.shape
+    for got, image in zip(out, batch, strict=True):
+        assert np.array_equal(got, preprocess(image))
+    assert preprocess_array(np.zeros((0, 28, 28), np.uint8)).shape == (0, 28, 28)
+    blank = np.full((28, 28), 7, np.uint8)
+    with pytest.raises(InvalidImageError, match="item 2: .*blank"):
+        preprocess_array(np.stack([item, item, blank]))
 
 
 def test_import_is_cheap() -> None:

@@ -102,6 +102,10 @@ def test_hit_is_frozen(pca_index_dir: Path, item_png: Path) -> None:
     hit = SearchIndex.load(pca_index_dir).query(item_png, k=1)[0]
     with pytest.raises(AttributeError):
         hit.rank = 2  # type: ignore[misc]
+    fields = hit.to_dict()
+    assert (
+        hit == Hit(**fields) and hash(hit) == hash(Hit(**fields)) and repr(hit).startswith("Hit(")
+    )
 
 
 def test_query_batch_keeps_order_and_embed_is_normalised(pca_index_dir: Path) -> None:
@@ -266,3 +270,32 @@ def test_index_returned_by_build_keeps_working(fake_data_dir: Path, tmp_path: Pa
     index = build_index(config, tmp_path / "built")
     assert index.encoder_file.is_relative_to(tmp_path / "built")
     assert index.embed_pixels(np.asarray(index.images)).shape == (400, 8)
+
+
+def test_auto_index_type_follows_catalog_size() -> None:
+    from simsearch.vector_index import FLAT_UP_TO, HNSW_UP_TO, choose_type
+
+    assert choose_type("auto", 60_000) == "hnsw"
+    assert choose_type("auto", FLAT_UP_TO) == "flat"
+    assert choose_type("auto", FLAT_UP_TO + 1) == "hnsw"
+    assert choose_type("auto", HNSW_UP_TO + 1) == "ivf"
+    assert choose_type("ivf", 10) == "ivf"  # an explicit choice is kept
+    with pytest.raises(ConfigError, match="unknown --index-type 'annoy'"):
+        choose_type("annoy", 10)
+
+
+def test_auto_build_records_the_chosen_type(
+    fake_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The small fake catalog gets an exact index; lower the threshold and it gets HNSW."""
+    config = BuildConfig(data_dir=str(fake_data_dir), train=TrainConfig(model="pca", code_size=8))
+    assert build_index(config, tmp_path / "small").manifest["index"]["type"] == "flat"
+    monkeypatch.setattr("simsearch.vector_index.FLAT_UP_TO", 100)
+    index = build_index(config, tmp_path / "hnsw")
+    assert index.manifest["index"]["type"] == "hnsw"
+    assert index.manifest["index"]["params"]["efSearch"] == 64
+    loaded = SearchIndex.load(tmp_path / "hnsw")
+    assert type(loaded.faiss_index).__name__ == "IndexHNSWFlat"
+    row = 17
+    hit = loaded.query_pixels(np.asarray(loaded.images[row : row + 1]), k=1)[0][0]
+    assert hit.id == str(loaded.ids[row]) and hit.distance < 1e-4
