@@ -14,7 +14,10 @@ Every error is JSON ``{"error": "<one line>"}``: 400 a malformed request (not mu
 ``image`` field), 413 an upload over the limit, 422 an image that cannot be used or a parameter
 out of range, 404 an unknown item or path, 500 a bug (logged; the server keeps serving).
 
-Concurrency: the index is loaded once per worker process and only read while serving. Uploads are
+Concurrency: the index is loaded once per worker process and only read while serving; when its
+directory changes (``simsearch add``/``remove``/``build-index --force``), the new version is
+loaded by the first request that notices it and swapped in once complete (other requests go on
+with the previous version meanwhile; a version that fails to load is logged and skipped). Uploads are
 read on the event loop with a byte counter (never more than the limit is buffered); decoding,
 embedding and searching run in worker threads, at most ``search_threads`` at a time, so a slow
 or hostile upload cannot block the event loop or starve memory.
@@ -52,6 +55,7 @@ from simsearch.errors import (
     ItemNotFoundError,
     SimsearchError,
 )
+from simsearch.live import LiveIndex
 from simsearch.search_index import SearchIndex, default_index_dir
 
 if TYPE_CHECKING:
@@ -79,20 +83,23 @@ def create_app(
     index: SearchIndex | str | os.PathLike[str],
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     search_threads: int | None = None,
+    reload_every: float = 1.0,
 ) -> FastAPI:
     """The FastAPI application serving ``index`` (a loaded index or an index directory).
 
     ``max_upload_bytes`` bounds the uploaded image (413 above it); ``search_threads`` bounds how
-    many uploads are decoded and searched at once (default: the number of CPUs, at least 2).
+    many uploads are decoded and searched at once (default: the number of CPUs, at least 2);
+    ``reload_every`` is how often (seconds, at most) the index directory is checked for changes.
     Raises the index's load errors (IndexNotFoundError, IndexCorruptError, ...).
     """
     if max_upload_bytes < 1:
         raise ConfigError(f"max_upload_bytes must be positive, got {max_upload_bytes}")
     if not isinstance(index, SearchIndex):
         index = SearchIndex.load(index)
-    search_index: SearchIndex = index
+    # Follows add/remove/rebuilds of the directory: a changed manifest is reloaded (checked at
+    # most once a second); requests keep the previous index until the new one has loaded.
+    live = LiveIndex(index, check_every=reload_every)
     limiter = anyio.CapacityLimiter(search_threads or max(2, os.cpu_count() or 2))
-    model = search_index.manifest.get("model", {}).get("model")
 
     app = FastAPI(
         title="simsearch",
@@ -101,7 +108,8 @@ def create_app(
         docs_url=None,  # replaced below by pages that load their assets from this server
         redoc_url=None,
     )
-    app.state.index = search_index
+    app.state.index = index  # as loaded at start
+    app.state.live = live
     _add_error_handlers(app)
     _add_docs(app)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
@@ -112,11 +120,12 @@ def create_app(
 
     @app.get("/api/health", summary="Liveness and index size")
     def health() -> dict[str, Any]:
+        search_index = live.current()
         return {
             "status": "ok",
             "count": len(search_index),
             "dim": search_index.dim,
-            "model": model,
+            "model": search_index.manifest.get("model", {}).get("model"),
             "max_upload_bytes": max_upload_bytes,
             "max_k": MAX_K,
         }
@@ -140,7 +149,7 @@ def create_app(
         name, data = await _read_image_upload(request, max_upload_bytes)
         started = time.perf_counter()
         pixels, hits = await anyio.to_thread.run_sync(
-            _search, search_index, data, name, k, limiter=limiter
+            lambda: _search(live.current(), data, name, k), limiter=limiter
         )
         return {
             "query": name,
@@ -156,6 +165,7 @@ def create_app(
         responses=_errors({404: "The index is empty"}),
     )
     def random_item() -> dict[str, Any]:
+        search_index = live.current()
         if not len(search_index):
             raise HTTPException(404, "the index is empty")
         return _item_json(search_index, random.randrange(len(search_index)))
@@ -170,7 +180,7 @@ def create_app(
         },
     )
     def item_image(item_id: str) -> Response:
-        png = search_index.item_png(item_id)
+        png = live.current().item_png(item_id)
         return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=600"})
 
     return app

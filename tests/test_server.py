@@ -429,3 +429,37 @@ def test_serve_with_workers_loads_the_index_in_each(pca_index_dir: Path, item_pn
             assert hits[0]["id"] == ITEM
         big = {"image": ("a.png", bytes(20_000))}
         assert httpx.post(f"{url}/api/search", files=big).status_code == 413
+
+
+def test_server_follows_add_and_remove(pca_index_dir: Path, tmp_path: Path) -> None:
+    """A change saved by another process is served on the next request, a broken one is not."""
+    import shutil
+
+    directory = tmp_path / "live"
+    shutil.copytree(pca_index_dir, directory)
+    new_item = np.zeros((28, 28), np.uint8)
+    new_item[4:24, 10:18] = 255  # a bright bar: unlike anything in the fake catalog
+    with TestClient(create_app(directory, reload_every=0.0)) as live_client:
+        assert live_client.get("/api/health").json()["count"] == 400
+
+        writer = SearchIndex.load(directory)
+        writer.add(new_item[None], ["new/bar"])
+        writer.save(directory)
+        assert live_client.get("/api/health").json()["count"] == 401
+        response = live_client.post(
+            "/api/search?k=1", files={"image": ("bar.png", png_bytes(new_item), "image/png")}
+        )
+        assert response.json()["results"][0]["id"] == "new/bar"
+        assert live_client.get("/api/items/new/bar/image").status_code == 200
+
+        # A manifest that does not load (a corrupt write behind our back) is skipped.
+        manifest = directory / "manifest.json"
+        good = manifest.read_text()
+        manifest.write_text("{not json")
+        assert live_client.get("/api/health").json()["count"] == 401
+        manifest.write_text(good)
+
+        writer.remove(["new/bar"])
+        writer.save(directory)
+        assert live_client.get("/api/health").json()["count"] == 400
+        assert live_client.get("/api/items/new/bar/image").status_code == 404

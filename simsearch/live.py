@@ -1,0 +1,67 @@
+"""A long-lived reader's view of an index directory that follows ``add``/``remove``/rebuilds.
+
+Writers replace ``manifest.json`` atomically (``simsearch.storage``), so a changed manifest file
+(new inode, size or mtime) means a new complete index. :meth:`LiveIndex.current` notices that at
+most once per ``check_every`` seconds and swaps in the new index only once it has loaded and
+verified; while it loads, and if it fails to load, requests keep using the previous one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+from simsearch import storage
+from simsearch.errors import SimsearchError
+from simsearch.search_index import SearchIndex
+
+log = logging.getLogger("simsearch.live")
+
+
+def _stamp(directory: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(directory / storage.MANIFEST)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class LiveIndex:
+    """The newest good index at ``index.directory`` (or a fixed index if it has none)."""
+
+    def __init__(self, index: SearchIndex, check_every: float = 1.0) -> None:
+        self._index = index
+        self._check_every = check_every
+        self._directory = index.directory
+        self._stamp = _stamp(index.directory) if index.directory is not None else None
+        self._checked = time.monotonic()
+        self._lock = threading.Lock()  # one reload at a time; readers never wait on it
+
+    def current(self) -> SearchIndex:
+        if self._directory is None or time.monotonic() - self._checked < self._check_every:
+            return self._index
+        if self._lock.acquire(blocking=False):
+            try:
+                self._reload_if_changed(self._directory)
+            finally:
+                self._lock.release()
+        return self._index
+
+    def _reload_if_changed(self, directory: Path) -> None:
+        self._checked = time.monotonic()
+        stamp = _stamp(directory)
+        if stamp is None or stamp == self._stamp:
+            return
+        try:
+            fresh = SearchIndex.load(directory)
+        except SimsearchError as exc:
+            log.warning(
+                "index at %s changed but did not load, keeping the previous one: %s", directory, exc
+            )
+        else:
+            self._index = fresh
+            log.info("reloaded %s: %d items", directory, len(fresh))
+        self._stamp = stamp  # a broken version is not retried until the manifest changes again
