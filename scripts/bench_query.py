@@ -23,6 +23,8 @@ from PIL import Image
 
 from simsearch import SearchIndex
 from simsearch.data import load_split
+from simsearch.encoders import normalize
+from simsearch.images import preprocess, preprocess_array
 
 
 def wall(cmd: list[str], runs: int) -> list[float]:
@@ -83,11 +85,73 @@ def main() -> None:
         bare.append(time.perf_counter() - start)
     faiss.omp_set_num_threads(threads)
 
+    # The same search on an exact (flat) index over the same vectors, for reference.
+    exact = faiss.IndexFlatIP(index.dim)
+    exact.add(np.ascontiguousarray(index.vectors, dtype=np.float32))
+    faiss.omp_set_num_threads(1)
+    bare_exact = []
+    for row in range(len(vectors)):
+        one = vectors[row : row + 1]
+        start = time.perf_counter()
+        exact.search(one, 10)
+        bare_exact.append(time.perf_counter() - start)
+    faiss.omp_set_num_threads(threads)
+    del exact
+
+    # Where one warm query's time goes, stage by stage (same PNGs as above, re-written).
+    stages: dict[str, list[float]] = {
+        "decode_preprocess": [],
+        "encode": [],
+        "search": [],
+        "hits": [],
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.queries):
+            path = Path(tmp) / f"q{i:05d}.png"
+            Image.fromarray(test.images[i]).save(path)
+            t0 = time.perf_counter()
+            pixels = preprocess(path)[None]
+            t1 = time.perf_counter()
+            vector = normalize(index.encoder.encode(pixels))
+            t2 = time.perf_counter()
+            scores, rows = index.search(vector, 10)
+            t3 = time.perf_counter()
+            sims = np.clip(scores, -1.0, 1.0).astype(np.float64)
+            index._hits(sims[0].tolist(), (1.0 - sims[0]).tolist(), rows[0].tolist())
+            t4 = time.perf_counter()
+            for name, a, b in (
+                ("decode_preprocess", t0, t1),
+                ("encode", t1, t2),
+                ("search", t2, t3),
+                ("hits", t3, t4),
+            ):
+                stages[name].append(b - a)
+
     batch_times = []
+    batch_stages: dict[str, list[float]] = {"preprocess": [], "embed": [], "search": [], "hits": []}
     for _ in range(3):
         start = time.perf_counter()
         index.query_batch(test.images, k=10)
         batch_times.append(time.perf_counter() - start)
+        # The same work stage by stage (two threads where the library uses them).
+        t0 = time.perf_counter()
+        pixels = preprocess_array(test.images)
+        t1 = time.perf_counter()
+        batch_vectors = index.embed_pixels(pixels)
+        t2 = time.perf_counter()
+        scores, rows = index.search(batch_vectors, 10)
+        t3 = time.perf_counter()
+        sims = np.clip(scores, -1.0, 1.0).astype(np.float64)
+        for s, d, r in zip(sims.tolist(), (1.0 - sims).tolist(), rows.tolist(), strict=True):
+            index._hits(s, d, r)
+        t4 = time.perf_counter()
+        for name, a, b in (
+            ("preprocess", t0, t1),
+            ("embed", t1, t2),
+            ("search", t2, t3),
+            ("hits", t3, t4),
+        ):
+            batch_stages[name].append(b - a)
 
     catalog = np.asarray(index.images)
     embed_times = []
@@ -109,6 +173,7 @@ def main() -> None:
                 },
                 "index": {
                     "dir": str(args.index_dir),
+                    "params": index.manifest["index"].get("params"),
                     "count": len(index),
                     "dim": index.dim,
                     "model": index.manifest["model"].get("model"),
@@ -129,8 +194,13 @@ def main() -> None:
                     "n": len(warm),
                     "bare_faiss_search_p50": bare_p50,
                     "ratio_p50_to_bare": round(warm_p50 / bare_p50, 2) if bare_p50 else None,
+                    "bare_exact_flat_search_p50": percentile_ms(bare_exact, 50),
+                    "stages_p50": {name: percentile_ms(v, 50) for name, v in stages.items()},
                 },
                 "batch_queries_per_s": round(len(test.images) / statistics.median(batch_times)),
+                "batch_stages_s_median": {
+                    name: round(statistics.median(v), 3) for name, v in batch_stages.items()
+                },
                 "embedding_images_per_s": round(len(catalog) / statistics.median(embed_times)),
             },
             indent=1,
