@@ -25,6 +25,10 @@ from simsearch.hit import Hit
 from simsearch.images import ImageInput, preprocess, preprocess_array
 
 MAX_K = 10_000
+# The files every index has (the encoder aside); anything else in the manifest is an extra.
+DATA_FILES = ("vectors.npy", "items.npz", "images.npy", "index.faiss", "faiss_rows.npy")
+# HNSW: removed items kept as tombstones up to this share of the graph, then it is rebuilt.
+MAX_TOMBSTONE_FRACTION = 0.1
 
 
 def default_index_dir() -> Path:
@@ -53,6 +57,7 @@ class SearchIndex:
         extra_files: dict[str, Path] | None = None,
         faiss_index: Any = None,
         directory: Path | None = None,
+        faiss_rows: np.ndarray | None = None,
     ) -> None:
         n = len(ids)
         if not (len(vectors) == len(labels) == len(sources) == n):
@@ -87,11 +92,19 @@ class SearchIndex:
             if faiss_index is not None
             else vector_index.build(vectors, index_conf["type"], index_conf.get("params"))
         )
-        if self.faiss_index.ntotal != n or self.faiss_index.d != self.dim:
+        # HNSW after removals: FAISS position -> catalog row, -1 for a removed item (tombstone).
+        self.faiss_rows = faiss_rows
+        positions = n if faiss_rows is None else len(faiss_rows)
+        if self.faiss_index.ntotal != positions or self.faiss_index.d != self.dim:
             raise IndexCorruptError(
                 f"FAISS index holds {self.faiss_index.ntotal} x {self.faiss_index.d}, "
-                f"expected {n} x {self.dim}"
+                f"expected {positions} x {self.dim}"
             )
+        if faiss_rows is not None and not np.array_equal(
+            np.sort(faiss_rows[faiss_rows >= 0]), np.arange(n)
+        ):
+            raise IndexCorruptError("faiss_rows.npy does not map the index onto its items")
+        self._tombstones: vector_index.Tombstones | None = None
         self._row_of: dict[str, int] | None = None
         self._hit_fields: list[tuple[str, int | None, str | None, str | None]] | None = None
 
@@ -122,6 +135,11 @@ class SearchIndex:
             with np.load(path("items.npz"), allow_pickle=False) as items:
                 ids, labels, sources = items["ids"], items["labels"], items["sources"]
             images = np.load(path("images.npy"), allow_pickle=False, mmap_mode="r")
+            faiss_rows = (
+                np.load(path("faiss_rows.npy"), allow_pickle=False)
+                if "faiss_rows.npy" in manifest["files"]
+                else None
+            )
         except IndexCorruptError:
             raise
         except Exception as exc:  # numpy raises ValueError/OSError/KeyError/zipfile errors
@@ -133,7 +151,7 @@ class SearchIndex:
         extra = {
             name: directory / entry["path"]
             for name, entry in manifest["files"].items()
-            if name not in {encoder_name, "vectors.npy", "items.npz", "images.npy", "index.faiss"}
+            if name not in {encoder_name, *DATA_FILES}
         }
         return cls(
             encoder=load_encoder(encoder_file),
@@ -147,6 +165,7 @@ class SearchIndex:
             extra_files=extra,
             faiss_index=vector_index.load(path("index.faiss")),
             directory=directory,
+            faiss_rows=faiss_rows,
         )
 
     def save(self, directory: str | os.PathLike[str], force: bool = False) -> None:
@@ -172,6 +191,9 @@ class SearchIndex:
             "index.faiss": lambda p: vector_index.save(self.faiss_index, p),
             **self.extra_files,
         }
+        faiss_rows = self.faiss_rows
+        if faiss_rows is not None:
+            files["faiss_rows.npy"] = lambda p: _save_npy(p, faiss_rows)
         manifest = {
             **self.manifest,
             "count": len(self),
@@ -209,7 +231,14 @@ class SearchIndex:
 
     def search(self, vectors: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Low level: (n, d) float32 unit vectors -> scores (n, k'), rows (n, k')."""
-        return vector_index.search(self.faiss_index, vectors, _check_k(k))
+        if self.faiss_rows is None:
+            return vector_index.search(self.faiss_index, vectors, _check_k(k))
+        if self._tombstones is None:
+            self._tombstones = vector_index.Tombstones(self.faiss_rows < 0, len(self.faiss_rows))
+        scores, positions = vector_index.search(
+            self.faiss_index, vectors, _check_k(k), self._tombstones
+        )
+        return scores, np.where(positions >= 0, self.faiss_rows[np.maximum(positions, 0)], -1)
 
     def query(self, image: ImageInput, k: int = 10) -> list[Hit]:
         """The k most similar catalog items to one image (path, bytes, PIL image or array)."""
@@ -289,6 +318,10 @@ class SearchIndex:
             raise ConfigError("ids, labels and sources must have the same length")
         vectors = self.embed_pixels(pixels)
         self.faiss_index.add(vectors)  # every index type here supports add
+        if self.faiss_rows is not None:  # new FAISS positions follow the old ones
+            new_rows = np.arange(len(self), len(self) + len(vectors), dtype=np.int64)
+            self.faiss_rows = np.concatenate([self.faiss_rows, new_rows])
+            self._tombstones = None
         self.vectors = np.concatenate([self.vectors, vectors])
         self.ids = np.concatenate([self.ids.astype(str), np.asarray(ids, dtype=str)])
         new_labels = np.asarray([-1 if label is None else int(label) for label in labels])
@@ -315,18 +348,29 @@ class SearchIndex:
     def remove(self, ids: Sequence[str]) -> None:
         """Remove items by id (in memory; :meth:`save` persists).
 
-        The FAISS index is rebuilt from the stored vectors: instant for flat and IVF (which keep
-        their trained quantizer), a graph rebuild for HNSW, which cannot delete in FAISS.
+        Flat and IVF indexes are refilled from the stored vectors (IVF keeps its trained
+        quantizer). HNSW, which cannot delete in FAISS, keeps removed items as tombstones that
+        searches skip, and rebuilds its graph once they pass 10% of it.
         Raises ItemNotFoundError (and removes nothing) when an id is unknown.
         """
         rows = sorted({self.row_of(str(item_id)) for item_id in ids})
         keep = np.ones(len(self), dtype=bool)
         keep[rows] = False
+        new_row = np.cumsum(keep) - 1  # old row -> new row (-1 once removed)
+        new_row[~keep] = -1
+        positions = self.faiss_rows if self.faiss_rows is not None else np.arange(len(self))
         self.vectors = np.ascontiguousarray(self.vectors[keep])
         self.ids, self.labels, self.sources = self.ids[keep], self.labels[keep], self.sources[keep]
         self._images = np.asarray(self.images)[keep]
         self._row_of = self._hit_fields = None
         conf = self.manifest["index"]
+        self._tombstones = None
+        if conf["type"] == "hnsw" and len(self.vectors):
+            mapped = np.where(positions >= 0, new_row[np.maximum(positions, 0)], -1)
+            if np.count_nonzero(mapped < 0) <= MAX_TOMBSTONE_FRACTION * len(mapped):
+                self.faiss_rows = mapped.astype(np.int64)
+                return
+        self.faiss_rows = None
         if conf["type"] == "ivf" and len(self.vectors):
             self.faiss_index.reset()  # keeps the trained coarse quantizer
             self.faiss_index.add(self.vectors)

@@ -17,10 +17,10 @@ out of range, 404 an unknown item or path, 500 a bug (logged; the server keeps s
 Concurrency: the index is loaded once per worker process and only read while serving; when its
 directory changes (``simsearch add``/``remove``/``build-index --force``), the new version is
 loaded by the first request that notices it and swapped in once complete (other requests go on
-with the previous version meanwhile; a version that fails to load is logged and skipped). Uploads are
-read on the event loop with a byte counter (never more than the limit is buffered); decoding,
-embedding and searching run in worker threads, at most ``search_threads`` at a time, so a slow
-or hostile upload cannot block the event loop or starve memory.
+with the previous version meanwhile; a version that fails to load is logged and skipped).
+Uploads are read on the event loop with a byte counter (never more than the limit is
+buffered); decoding, embedding and searching run in worker threads, at most ``search_threads``
+at a time, so a slow or hostile upload cannot block the event loop or starve memory.
 """
 
 from __future__ import annotations

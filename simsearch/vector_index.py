@@ -87,16 +87,43 @@ def build(
     return index
 
 
-def search(index: Any, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k by inner product: scores (n, k') float32, rows (n, k') int64; k' = min(k, ntotal)."""
+class Tombstones:
+    """Positions of an HNSW index that no longer count (FAISS cannot delete from a graph).
+
+    The graph keeps the removed nodes as stepping stones; searches skip them through a FAISS
+    ``IDSelector``, so removal costs nothing and the graph is rebuilt only when many pile up.
+    """
+
+    def __init__(self, removed: np.ndarray, ntotal: int) -> None:
+        self.count = int(removed.sum())
+        self._bits = np.packbits(removed, bitorder="little")  # kept alive for the selector
+        import faiss
+
+        self._selector = faiss.IDSelectorNot(
+            faiss.IDSelectorBitmap(ntotal, faiss.swig_ptr(self._bits))
+        )
+
+    def params(self, index: Any) -> Any:
+        import faiss
+
+        return faiss.SearchParametersHNSW(  # type: ignore[attr-defined]  # missing from stubs
+            sel=self._selector, efSearch=index.hnsw.efSearch
+        )
+
+
+def search(
+    index: Any, vectors: np.ndarray, k: int, tombstones: Tombstones | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k by inner product: scores (n, k') float32, rows (n, k') int64; k' = min(k, live)."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if vectors.ndim != 2 or vectors.shape[1] != index.d:
         raise ConfigError(f"query vectors have shape {vectors.shape}, expected (n, {index.d})")
-    k = min(int(k), int(index.ntotal))
+    k = min(int(k), int(index.ntotal) - (tombstones.count if tombstones else 0))
     if k <= 0 or len(vectors) == 0:
         return np.zeros((len(vectors), 0), np.float32), np.zeros((len(vectors), 0), np.int64)
+    extra = {"params": tombstones.params(index)} if tombstones else {}
     if len(vectors) >= SMALL_BATCH:
-        scores, rows = index.search(vectors, k)
+        scores, rows = index.search(vectors, k, **extra)
         return scores, rows
     # One OpenMP thread for a handful of queries: forking a thread team costs more than the
     # search itself, and on a busy machine a spinning team can cost milliseconds.
@@ -105,7 +132,7 @@ def search(index: Any, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndar
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
     try:
-        scores, rows = index.search(vectors, k)
+        scores, rows = index.search(vectors, k, **extra)
     finally:
         faiss.omp_set_num_threads(threads)
     return scores, rows

@@ -158,6 +158,45 @@ def test_add_remove_round_trip(index_type: str, fake_data_dir: Path, tmp_path: P
     assert final.query(extra[4], k=1)[0].id == "new/4"
 
 
+def test_hnsw_removal_keeps_tombstones_until_a_rebuild(fake_data_dir: Path, tmp_path: Path) -> None:
+    """HNSW removals cost no rebuild: FAISS keeps the nodes, searches skip them, saves keep that."""
+    target = tmp_path / "hnsw"
+    args = ["build-index", "--model", "pca", "--code-size", "8", "--index-type", "hnsw"]
+    assert run(*args, "--data-dir", fake_data_dir, "--index-dir", target, "-q").exit_code == 0
+    index = SearchIndex.load(target)
+    graph = index.faiss_index
+    gone = [str(i) for i in index.ids[:20]]  # 5% of 400
+    pixels = np.asarray(index.images[:20])
+    index.remove(gone)
+    assert index.faiss_index is graph and graph.ntotal == 400  # no rebuild
+    index.save(target)
+
+    loaded = SearchIndex.load(target)
+    assert len(loaded) == 380 and loaded.faiss_index.ntotal == 400
+    for batch in (loaded.query_pixels(pixels, k=380), loaded.query_batch(pixels[:3], k=5)):
+        for hits in batch:
+            found = [hit.id for hit in hits]
+            assert not set(found) & set(gone)
+            assert len(found) == len(set(found)) == len(hits)
+    self_hit = loaded.query_pixels(np.asarray(loaded.images[:1]), k=1)[0][0]
+    assert self_hit.id == str(loaded.ids[0]) and self_hit.distance < 1e-4
+    # A later add appends after the tombstones and is found.
+    extra, _ = make_images(2, seed=7)
+    loaded.add(extra, ["new/a", "new/b"])
+    assert loaded.query(extra[1], k=1)[0].id == "new/b"
+    loaded.save(target)
+    reloaded = SearchIndex.load(target)
+    assert reloaded.query(extra[0], k=1)[0].id == "new/a"
+    assert reloaded.row_of("new/a") == 380
+
+    # Past 10% tombstones the graph is rebuilt without them.
+    reloaded.remove([str(i) for i in reloaded.ids[:30]])
+    assert reloaded.faiss_rows is None and reloaded.faiss_index.ntotal == len(reloaded) == 352
+    reloaded.save(target)
+    final = SearchIndex.load(target)
+    assert "faiss_rows.npy" not in final.manifest["files"] and len(final) == 352
+
+
 def test_add_and_remove_cli(pca_index_dir: Path, tmp_path: Path) -> None:
     import shutil
 

@@ -504,7 +504,7 @@ def test_preprocess_array_matches_preprocess_per_image() -> None:
         assert np.array_equal(got, preprocess(image))
     assert preprocess_array(np.zeros((0, 28, 28), np.uint8)).shape == (0, 28, 28)
     blank = np.full((28, 28), 7, np.uint8)
-    with pytest.raises(InvalidImageError, match="item 2: .*blank"):
+    with pytest.raises(InvalidImageError, match=r"item 2: .*blank"):
         preprocess_array(np.stack([item, item, blank]))
 
 
