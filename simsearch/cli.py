@@ -431,7 +431,12 @@ def _describe(directory: Path, m: dict[str, Any]) -> list[str]:
         f"{model.get('epochs_run')} epochs in {model.get('train_seconds')} s"
         + (f", val loss {val:.4f}" if isinstance(val, float) else ""),
         f"embedding    {m['embedding_dim']}-d, metric {m['metric']} (L2-normalised, inner product)",
-        f"index type   {index['type']} ({params})",
+        f"index type   {index['type']} ({params})"
+        + (
+            f", {index['tombstones']:,} removed items skipped until a rebuild"
+            if index.get("tombstones")
+            else ""
+        ),
         f"created      {m.get('created_at')}"
         + (f", updated {m['updated_at']}" if m.get("updated_at") else ""),
         "versions     " + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items() if v),

@@ -194,8 +194,12 @@ class SearchIndex:
         faiss_rows = self.faiss_rows
         if faiss_rows is not None:
             files["faiss_rows.npy"] = lambda p: _save_npy(p, faiss_rows)
+        index_conf = {k: v for k, v in self.manifest["index"].items() if k != "tombstones"}
+        if faiss_rows is not None:
+            index_conf["tombstones"] = int(np.count_nonzero(faiss_rows < 0))
         manifest = {
             **self.manifest,
+            "index": index_conf,
             "count": len(self),
             "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }

@@ -173,6 +173,8 @@ def test_hnsw_removal_keeps_tombstones_until_a_rebuild(fake_data_dir: Path, tmp_
 
     loaded = SearchIndex.load(target)
     assert len(loaded) == 380 and loaded.faiss_index.ntotal == 400
+    assert loaded.manifest["index"]["tombstones"] == 20
+    assert "20 removed items skipped" in run("info", "--index-dir", target).output
     for batch in (loaded.query_pixels(pixels, k=380), loaded.query_batch(pixels[:3], k=5)):
         for hits in batch:
             found = [hit.id for hit in hits]
