@@ -371,8 +371,9 @@ class SearchIndex:
         self._tombstones = None
         if conf["type"] == "hnsw" and len(self.vectors):
             mapped = np.where(positions >= 0, new_row[np.maximum(positions, 0)], -1)
-            if np.count_nonzero(mapped < 0) <= MAX_TOMBSTONE_FRACTION * len(mapped):
-                self.faiss_rows = mapped.astype(np.int64)
+            tombstones = np.count_nonzero(mapped < 0)
+            if tombstones <= MAX_TOMBSTONE_FRACTION * len(mapped):
+                self.faiss_rows = mapped.astype(np.int64) if tombstones else None
                 return
         self.faiss_rows = None
         if conf["type"] == "ivf" and len(self.vectors):
