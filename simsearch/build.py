@@ -137,6 +137,14 @@ def training_images(config: BuildConfig, catalog: Catalog) -> np.ndarray:
     return images if config.limit is None else images[: config.limit]
 
 
+def training_labels(config: BuildConfig, catalog: Catalog) -> np.ndarray:
+    """The class ids of ``training_images`` (-1 = unknown), for ``--use-labels``."""
+    if config.is_folder or config.split == "train":
+        return catalog.labels
+    labels = load_split("train", config.data_dir).labels.astype(np.int16)
+    return labels if config.limit is None else labels[: config.limit]
+
+
 def embed_catalog(encoder_file: Path, images: np.ndarray, reporter: Reporter) -> np.ndarray:
     """Embed (n, 28, 28) uint8 images in batches -> (n, d) float32 unit vectors."""
     encoder = load_encoder(encoder_file)
@@ -199,7 +207,8 @@ def build_index(
                 f"catalog: {len(catalog.ids):,} items; training {config.train.model} "
                 f"(code {config.train.code_size}) on {len(train_images):,} images"
             )
-            trained = train(train_images, config.train, workdir, reporter, tensorboard_dir)
+            labels = training_labels(config, catalog) if config.train.use_labels else None
+            trained = train(train_images, config.train, workdir, reporter, tensorboard_dir, labels)
         vectors = embed_catalog(trained.encoder_file, catalog.pixels, reporter)
         index_type = choose_type(config.index_type, len(catalog.ids))
         index_params = {**default_params(index_type, len(catalog.ids)), **config.index_params}

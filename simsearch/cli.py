@@ -111,6 +111,10 @@ def build_index_cmd(
     model_from: Annotated[
         Path | None, typer.Option(help="Reuse the model of this index instead of training.")
     ] = None,
+    use_labels: Annotated[
+        bool,
+        typer.Option(help="Also train a classifier head on the code from the catalog's labels."),
+    ] = False,
     index_dir: IndexDir = None,
     data_dir: Annotated[
         str | None, typer.Option(help="Folder with the Fashion-MNIST IDX files.")
@@ -139,6 +143,7 @@ def build_index_cmd(
                 batch_size=batch_size,
                 loss=loss,
                 seed=seed,
+                use_labels=use_labels,
             ),
             index_type=index_type,
             index_params=_index_params(hnsw_m, ef_search, nlist, nprobe, pq_m),

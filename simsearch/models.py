@@ -44,6 +44,7 @@ class Autoencoder:
     autoencoder: Any  # keras.Model
     encoder: Any  # keras.Model
     decoder: Any  # keras.Model
+    corrupt: Any = None  # keras.Model pixels -> corrupted pixels (training only), or None
 
 
 def build_model(kind: str, code_size: int) -> Autoencoder:
@@ -172,8 +173,33 @@ def _conv_denoising(code_size: int, width: int = 32, hidden: int = 256) -> Autoe
     z = layers.Rescaling(1.0 / 255.0)(z)
     z = layers.GaussianNoise(0.1)(z)  # Keras 3 wants stddev on the [0, 1] scale
     z = layers.Rescaling(255.0)(z)
-    autoencoder = keras.Model(pixels, decoder(encoder(z)), name="autoencoder")
-    return Autoencoder(autoencoder, encoder, decoder)
+    corrupt = keras.Model(pixels, z, name="corrupt")
+    clean = keras.Input((28, 28), dtype="float32", name="pixels")
+    autoencoder = keras.Model(clean, decoder(encoder(corrupt(clean))), name="autoencoder")
+    return Autoencoder(autoencoder, encoder, decoder, corrupt)
+
+
+def cosine_head(n_classes: int, scale: float) -> Any:
+    """Training-only classifier on the code: ``scale * cos(code, w_c)`` per class (NormFace).
+
+    Both the code and the class weights are L2-normalised, so the logits depend on the angle
+    only: the geometry the cosine index searches in. Not part of the exported encoder.
+    """
+    import keras
+    from keras import ops
+
+    class CosineHead(keras.layers.Layer):
+        def build(self, input_shape: Any) -> None:
+            self.w = self.add_weight(
+                shape=(int(input_shape[-1]), n_classes), initializer="glorot_uniform", name="w"
+            )
+
+        def call(self, code: Any) -> Any:
+            unit = code / ops.sqrt(ops.sum(ops.square(code), axis=-1, keepdims=True) + 1e-12)
+            w = self.w / ops.sqrt(ops.sum(ops.square(self.w), axis=0, keepdims=True) + 1e-12)
+            return scale * ops.matmul(unit, w)
+
+    return CosineHead(name="cosine_head")
 
 
 def load_autoencoder(path: str | Path) -> Any:

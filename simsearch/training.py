@@ -36,6 +36,13 @@ class TrainConfig:
     validation_fraction: float = 0.1  # held out from the TRAIN split; test is the query set
     patience: int = 3  # early stopping on validation loss
     seed: int = 0
+    # --use-labels: a training-only cosine-softmax head on the code (scaled cosine logits with
+    # an additive margin, CosFace), loss = reconstruction + label_weight * cross-entropy.
+    use_labels: bool = False
+    label_weight: float = 1.0
+    label_scale: float = 16.0
+    label_margin: float = 0.1
+    label_smoothing: float = 0.0
 
     def validate(self) -> None:
         if self.model not in MODEL_KINDS:
@@ -50,6 +57,14 @@ class TrainConfig:
             raise ConfigError(f"--whiten must be between 0 and 0.5, got {self.whiten}")
         if not 0.0 < self.validation_fraction < 0.5:
             raise ConfigError("validation fraction must be in (0, 0.5)")
+        if self.use_labels and self.model in ("pca", "vae"):
+            raise ConfigError(
+                f"--use-labels needs an autoencoder model other than pca or vae, got {self.model!r}"
+            )
+        if self.label_weight < 0 or self.label_scale <= 0 or not 0 <= self.label_smoothing < 1:
+            raise ConfigError(
+                "label weight must be >= 0, label scale > 0 and label smoothing in [0, 1)"
+            )
 
 
 @dataclass
@@ -80,15 +95,41 @@ def train(
     workdir: Path,
     reporter: Reporter | None = None,
     tensorboard_dir: Path | None = None,
+    labels: np.ndarray | None = None,
 ) -> TrainedModel:
-    """Train on ``images`` (n, 28, 28) uint8 and write the encoder into ``workdir``."""
+    """Train on ``images`` (n, 28, 28) uint8 and write the encoder into ``workdir``.
+
+    ``labels`` (n,) int class ids, -1 = unknown, are used only with ``config.use_labels``: items
+    without a label still train the reconstruction but are left out of the classification term.
+    """
     config.validate()
     reporter = reporter or Reporter(quiet=True)
     if len(images) < 20:
         raise ConfigError(f"need at least 20 training images, got {len(images)}")
+    if config.use_labels:
+        labels = check_labels(labels, len(images))
     if config.model == "pca":
         return _train_pca(images, config, workdir)
-    return _train_keras(images, config, workdir, reporter, tensorboard_dir)
+    return _train_keras(images, config, workdir, reporter, tensorboard_dir, labels)
+
+
+def check_labels(labels: np.ndarray | None, n: int) -> np.ndarray:
+    """The labels as int32 (n,), or ConfigError when --use-labels cannot use them."""
+    if labels is None or not (np.asarray(labels) >= 0).any():
+        raise ConfigError(
+            "--use-labels needs labelled training images; this catalog has no labels "
+            "(for a folder catalog add --labels-from-folders)"
+        )
+    labels = np.asarray(labels).astype(np.int32).reshape(-1)
+    if len(labels) != n:
+        raise ConfigError(f"--use-labels: {len(labels)} labels for {n} training images")
+    classes = np.unique(labels[labels >= 0])
+    if len(classes) < 2:
+        raise ConfigError(
+            f"--use-labels needs at least 2 classes among the training images, found "
+            f"{len(classes)} (for a folder catalog add --labels-from-folders)"
+        )
+    return labels
 
 
 def _train_pca(images: np.ndarray, config: TrainConfig, workdir: Path) -> TrainedModel:
@@ -107,6 +148,7 @@ def _train_keras(
     workdir: Path,
     reporter: Reporter,
     tensorboard_dir: Path | None,
+    labels: np.ndarray | None = None,
 ) -> TrainedModel:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     reporter.message("loading TensorFlow ...")
@@ -124,10 +166,30 @@ def _train_keras(
     steps = config.epochs * -(-len(x_train) // config.batch_size)
     schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, steps)
     optimizer = keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay)
-    model.autoencoder.compile(optimizer=optimizer, loss=loss, metrics=["mse"])
+    fit_model = model.autoencoder
+    y_train: Any = x_train / 255.0
+    y_val: Any = x_val / 255.0
+    if labels is not None:
+        fit_model = _with_label_head(model, config, int(labels.max()) + 1)
+        fit_model.compile(
+            optimizer=optimizer,
+            loss={"reconstruction": loss, "logits": _margin_loss(config, int(labels.max()) + 1)},
+            loss_weights={"reconstruction": 1.0, "logits": config.label_weight},
+            metrics={"reconstruction": ["mse"], "logits": ["sparse_categorical_accuracy"]},
+        )
+        y_train = {"reconstruction": y_train, "logits": labels[:-n_val]}
+        y_val = {"reconstruction": y_val, "logits": labels[-n_val:]}
+    else:
+        model.autoencoder.compile(optimizer=optimizer, loss=loss, metrics=["mse"])
+    # With labels the validation loss is a poor guide (the margin cross-entropy grows with
+    # confidence while the accuracy still improves): stop on the head's validation accuracy.
+    monitor = "val_logits_sparse_categorical_accuracy" if labels is not None else "val_loss"
     callbacks: list[Any] = [
         keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=config.patience, restore_best_weights=True
+            monitor=monitor,
+            mode="max" if labels is not None else "min",
+            patience=config.patience,
+            restore_best_weights=True,
         ),
         progress_callback(reporter, config.epochs, len(x_train), config.batch_size),
     ]
@@ -135,10 +197,10 @@ def _train_keras(
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(tensorboard_dir)))
 
     start = time.perf_counter()
-    fitted = model.autoencoder.fit(
+    fitted = fit_model.fit(
         x_train,
-        x_train / 255.0,
-        validation_data=(x_val, x_val / 255.0),
+        y_train,
+        validation_data=(x_val, y_val),
         epochs=config.epochs,
         batch_size=config.batch_size,
         shuffle=True,
@@ -149,7 +211,7 @@ def _train_keras(
     history = {key: [float(v) for v in values] for key, values in fitted.history.items()}
 
     encoder = model.encoder
-    power = config.whiten if config.whiten is not None else DEFAULT_WHITEN.get(config.model, 0.0)
+    power = config.whiten if config.whiten is not None else default_whiten(config)
     if power:
         reporter.message(f"fitting the whitening (power {power}) on {len(x):,} codes ...")
         encoder = fold_whitening(encoder, x, power)
@@ -166,6 +228,53 @@ def _train_keras(
     if curve is not None:
         extra.append(curve)
     return TrainedModel(config, encoder_path, extra, history, len(history["loss"]), seconds)
+
+
+def default_whiten(config: TrainConfig) -> float:
+    """The whitening power when --whiten is not given: none for a label-trained code (the cosine
+    head already shapes it for cosine search), else the kind's default."""
+    return 0.0 if config.use_labels else DEFAULT_WHITEN.get(config.model, 0.0)
+
+
+def _with_label_head(model: Any, config: TrainConfig, n_classes: int) -> Any:
+    """Training graph pixels -> {"reconstruction", "logits"}; the head sees the corrupted input's
+    code, the same code the decoder reconstructs from."""
+    import keras
+
+    from simsearch.models import cosine_head
+
+    pixels = keras.Input((28, 28), dtype="float32", name="pixels")
+    head = cosine_head(n_classes, config.label_scale)
+    if model.corrupt is not None:
+        code = model.encoder(model.corrupt(pixels))
+        reconstruction = model.decoder(code)
+    else:
+        code = model.encoder(pixels)
+        reconstruction = model.autoencoder(pixels)
+    outputs = {
+        "reconstruction": keras.layers.Identity(name="reconstruction")(reconstruction),
+        "logits": keras.layers.Identity(name="logits")(head(code)),
+    }
+    return keras.Model(pixels, outputs, name="autoencoder_with_labels")
+
+
+def _margin_loss(config: TrainConfig, n_classes: int) -> Any:
+    """Cross-entropy of CosFace logits ``s * (cos - m [true class])``, optionally label-smoothed;
+    items labelled -1 contribute 0."""
+    from keras import ops
+
+    shift = config.label_scale * config.label_margin
+    smoothing = config.label_smoothing
+
+    def margin_cross_entropy(y_true: Any, y_pred: Any) -> Any:
+        y = ops.cast(ops.reshape(y_true, (-1,)), "int32")
+        known = ops.cast(y >= 0, y_pred.dtype)
+        onehot = ops.one_hot(ops.maximum(y, 0), n_classes, dtype=y_pred.dtype)
+        log_p = ops.log_softmax(y_pred - shift * onehot, axis=-1)
+        target = onehot * (1.0 - smoothing) + smoothing / n_classes
+        return -ops.sum(target * log_p, axis=-1) * known
+
+    return margin_cross_entropy
 
 
 def fold_whitening(encoder: Any, images: np.ndarray, power: float) -> Any:

@@ -1,0 +1,276 @@
+#!/usr/bin/env python3
+"""Train one model variant and score it on the validation slice and the protocol; prints ONE JSON.
+
+Issue #4 research (retrieval quality). The model is trained with ``simsearch.training.train``
+(the library's own loop, the held-out last 10% of the train split for early stopping), exported
+WITHOUT whitening, and its codes computed with the exported ONNX encoder (the query path). The
+whitening of ``--whiten-powers`` is then fit on the 60,000 train codes (as ``fold_whitening``
+does) and every power is scored twice:
+
+- ``validation``: catalog = train[:54000], queries = train[54000:] (the slice training held out;
+  use this to choose hyperparameters),
+- ``protocol``: catalog = train (60,000), queries = test (10,000) (the contract's figures).
+
+Metrics are ``simsearch.evaluate.score_neighbours`` (P@1, P@10, P@100, mAP@100, knn10).
+
+    python scripts/research_model.py --epochs 10                        # the default model
+    python scripts/research_model.py --use-labels --label-weight 1 --epochs 10
+    python scripts/research_model.py --variant erase --epochs 16        # a Part B variant
+    python scripts/research_model.py --model pca --whiten-powers 0      # a baseline
+
+Variants (``--variant``) change the conv-denoising architecture or its training corruption
+without touching the library (``simsearch.models.build_model`` is patched for the run):
+``base`` (the library's), ``erase`` (+ random erasing of one rectangle, p=0.5), ``wide``
+(conv width 64, hidden 512), ``w64`` (conv width 64, hidden 256), ``shift3`` (+-3 px shifts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+N_VAL = 6000  # the last 10% of the train split, as TrainConfig.validation_fraction holds out
+
+
+def scores(catalog: np.ndarray, cat_labels: np.ndarray, queries: np.ndarray, q_labels: np.ndarray):
+    from simsearch.encoders import normalize
+    from simsearch.evaluate import exact_search, score_neighbours
+
+    s, rows = exact_search(normalize(catalog), normalize(queries), 100)
+    counts = np.bincount(cat_labels, minlength=10)[q_labels]
+    metrics = score_neighbours(cat_labels[rows], s, q_labels, counts).metrics
+    return {k: round(v, 4) for k, v in metrics.items()}
+
+
+def whiten(train_codes: np.ndarray, codes: list[np.ndarray], power: float) -> list[np.ndarray]:
+    """The same map as ``simsearch.training.fold_whitening``, in numpy."""
+    if not power:
+        return codes
+    x = train_codes.astype(np.float64)
+    mean = x.mean(axis=0)
+    eigenvalues, vectors = np.linalg.eigh(np.cov((x - mean).T))
+    floor = 1e-6 * max(float(eigenvalues.max()), 1e-12)
+    weights = vectors / np.power(np.maximum(eigenvalues, 0.0) + floor, power)
+    return [(c - mean) @ weights for c in codes]
+
+
+def patch_variant(variant: str) -> None:
+    """Replace conv-denoising by a variant for this process (research only)."""
+    if variant == "base":
+        return
+    import simsearch.models as models
+
+    original = models.build_model
+
+    def build_model(kind: str, code_size: int) -> Any:
+        if kind != "conv-denoising":
+            return original(kind, code_size)
+        return conv_denoising_variant(code_size, variant)
+
+    models.build_model = build_model
+
+
+def conv_denoising_variant(code_size: int, variant: str) -> Any:
+    import keras
+    from keras import layers
+
+    from simsearch.models import Autoencoder
+
+    width, hidden, shift, erase = 32, 256, 2, False
+    if variant == "wide":
+        width, hidden = 64, 512
+    elif variant == "w64":
+        width = 64
+    elif variant == "shift3":
+        shift = 3
+    elif variant == "erase":
+        erase = True
+    elif variant != "base":
+        raise SystemExit(f"unknown variant {variant}")
+
+    inputs = keras.Input((28, 28), dtype="float32", name="pixels")
+    x = layers.Rescaling(1.0 / 255.0)(inputs)
+    x = layers.Reshape((28, 28, 1))(x)
+    for filters in (width, 2 * width):
+        x = layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.ReLU()(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(hidden, use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.ReLU()(x)
+    code = layers.Dense(code_size, name="code")(x)
+    encoder = keras.Model(inputs, code, name="encoder")
+
+    code_in = keras.Input((code_size,), name="code")
+    y = layers.Dense(512, activation="relu")(code_in)
+    y = layers.Dense(28 * 28, activation="sigmoid")(y)
+    decoder = keras.Model(code_in, layers.Reshape((28, 28))(y), name="decoder")
+
+    pixels = keras.Input((28, 28), dtype="float32", name="pixels")
+    z = layers.Reshape((28, 28, 1))(pixels)
+    z = layers.RandomTranslation(
+        shift / 28, shift / 28, fill_mode="constant", interpolation="nearest"
+    )(z)
+    z = layers.RandomFlip("horizontal")(z)
+    z = layers.Reshape((28, 28))(z)
+    z = layers.Rescaling(1.0 / 255.0)(z)
+    z = layers.GaussianNoise(0.1)(z)
+    if erase:
+        z = random_erasing()(z)
+    z = layers.Rescaling(255.0)(z)
+    corrupt = keras.Model(pixels, z, name="corrupt")
+    clean = keras.Input((28, 28), dtype="float32", name="pixels")
+    autoencoder = keras.Model(clean, decoder(encoder(corrupt(clean))), name="autoencoder")
+    return Autoencoder(autoencoder, encoder, decoder, corrupt)
+
+
+def random_erasing(p: float = 0.5, low: int = 6, high: int = 14) -> Any:
+    """Training only: with probability p, zero one random rectangle (side low..high px)."""
+    import keras
+    from keras import ops
+
+    class RandomErasing(keras.layers.Layer):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.seed = keras.random.SeedGenerator(1)
+
+        def call(self, x: Any, training: bool = False) -> Any:
+            if not training:
+                return x
+            n = ops.shape(x)[0]
+            u = keras.random.uniform((n, 5), seed=self.seed)
+            h = low + u[:, 0] * (high - low)
+            w = low + u[:, 1] * (high - low)
+            top = u[:, 2] * (28 - h)
+            left = u[:, 3] * (28 - w)
+            on = ops.cast(u[:, 4] < p, x.dtype)
+            grid = ops.cast(ops.arange(28), x.dtype)
+            rows = ops.logical_and(
+                grid[None, :] >= top[:, None], grid[None, :] < (top + h)[:, None]
+            )
+            cols = ops.logical_and(
+                grid[None, :] >= left[:, None], grid[None, :] < (left + w)[:, None]
+            )
+            box = ops.cast(rows, x.dtype)[:, :, None] * ops.cast(cols, x.dtype)[:, None, :]
+            return x * (1.0 - box * on[:, None, None])
+
+    return RandomErasing(name="random_erasing")
+
+
+def log_reporter() -> Any:
+    """Status lines (one per epoch) with a timestamp on stderr, no progress bars."""
+    from simsearch.progress import Reporter
+
+    class LogReporter(Reporter):
+        def task(self, description: str, total: float | None, unit: str = "items") -> Any:
+            return Reporter(quiet=True).task(description, total, unit)
+
+        def message(self, text: str) -> None:
+            print(time.strftime("%H:%M:%S"), text, file=sys.stderr, flush=True)
+
+    return LogReporter()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="conv-denoising")
+    parser.add_argument("--variant", default="base")
+    parser.add_argument("--code-size", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--patience", type=int, default=3)
+    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--use-labels", action="store_true")
+    parser.add_argument("--label-weight", type=float, default=1.0)
+    parser.add_argument("--label-scale", type=float, default=16.0)
+    parser.add_argument("--label-margin", type=float, default=0.1)
+    parser.add_argument("--label-smoothing", type=float, default=0.0)
+    parser.add_argument("--whiten-powers", default="0,0.25,0.5")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--name", default=None, help="a name for the variant in the JSON")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+    from simsearch.data import load_split
+    from simsearch.encoders import load_encoder
+    from simsearch.training import TrainConfig, train
+
+    patch_variant(args.variant)
+    train_split = load_split("train", args.data_dir)
+    test_split = load_split("test", args.data_dir)
+    config = TrainConfig(
+        model=args.model,
+        code_size=args.code_size,
+        epochs=args.epochs,
+        patience=args.patience,
+        learning_rate=args.learning_rate,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        whiten=0.0,
+        use_labels=args.use_labels,
+        label_weight=args.label_weight,
+        label_scale=args.label_scale,
+        label_margin=args.label_margin,
+        label_smoothing=args.label_smoothing,
+    )
+    with tempfile.TemporaryDirectory(prefix="simsearch-research-") as tmp:
+        trained = train(
+            train_split.images,
+            config,
+            Path(tmp),
+            log_reporter(),
+            labels=train_split.labels if args.use_labels else None,
+        )
+        encoder = load_encoder(trained.encoder_file)
+        train_codes = encoder.encode(train_split.images)
+        test_codes = encoder.encode(test_split.images)
+        # Free candidate: the mean code of the image and its mirror image (flip-invariant).
+        flip_train = (train_codes + encoder.encode(train_split.images[:, :, ::-1])) / 2
+        flip_test = (test_codes + encoder.encode(test_split.images[:, :, ::-1])) / 2
+
+    tl, ql = train_split.labels.astype(np.int64), test_split.labels.astype(np.int64)
+    results: dict[str, Any] = {}
+    for flip, (codes_tr, codes_te) in (
+        ("", (train_codes, test_codes)),
+        (" flip-mean", (flip_train, flip_test)),
+    ):
+        for power in [float(p) for p in args.whiten_powers.split(",")]:
+            tr, te = whiten(codes_tr, [codes_tr, codes_te], power)
+            results[f"whiten={power}{flip}"] = {
+                "validation": scores(tr[:-N_VAL], tl[:-N_VAL], tr[-N_VAL:], tl[-N_VAL:]),
+                "protocol": scores(tr, tl, te, ql),
+            }
+    history = trained.history
+    print(
+        json.dumps(
+            {
+                "name": args.name or args.variant,
+                "variant": args.variant,
+                "config": asdict(config),
+                "epochs_run": trained.epochs_run,
+                "train_seconds": round(trained.seconds, 1),
+                "seconds_per_epoch": round(trained.seconds / max(1, trained.epochs_run), 1),
+                "final_val_loss": history.get("val_loss", [None])[-1],
+                "best_val_loss": min(history.get("val_loss", [float("nan")])),
+                "history": history,
+                "results": results,
+                "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
