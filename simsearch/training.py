@@ -38,10 +38,12 @@ class TrainConfig:
     seed: int = 0
     # --use-labels: a training-only cosine-softmax head on the code (scaled cosine logits with
     # an additive margin, CosFace), loss = reconstruction + label_weight * cross-entropy.
+    # scale 30 / margin 0.35 (CosFace's values) beat 16 / 0.1 on the validation slice: same
+    # P@10 (0.889), mAP@100 0.840 vs 0.829 (scripts/research_model.py, 15 epochs).
     use_labels: bool = False
     label_weight: float = 1.0
-    label_scale: float = 16.0
-    label_margin: float = 0.1
+    label_scale: float = 30.0
+    label_margin: float = 0.35
     label_smoothing: float = 0.0
 
     def validate(self) -> None:
