@@ -73,6 +73,7 @@ class SearchIndex:
         self.labels = labels
         self.sources = sources
         self._images = images
+        self._images_unverified = False  # set by load(): checksum images.npy on first use
         self.manifest = manifest
         self.extra_files = dict(extra_files or {})
         self.directory = directory
@@ -114,6 +115,8 @@ class SearchIndex:
     def load(cls, directory: str | os.PathLike[str], verify: bool = True) -> SearchIndex:
         """Open the index at ``directory``; checks the manifest, every file's sha256 and shapes.
 
+        ``images.npy`` (memory-mapped, not needed to search) is checksummed on its first use.
+
         Raises IndexNotFoundError, IndexCorruptError or IncompatibleIndexError.
         """
         directory = Path(directory)
@@ -134,7 +137,13 @@ class SearchIndex:
             vectors = np.load(path("vectors.npy"), allow_pickle=False)
             with np.load(path("items.npz"), allow_pickle=False) as items:
                 ids, labels, sources = items["ids"], items["labels"], items["sources"]
-            images = np.load(path("images.npy"), allow_pickle=False, mmap_mode="r")
+            # The images are memory-mapped and only needed to show items, not to search: their
+            # checksum (the largest file) is checked on first use, keeping it off a cold query.
+            images = np.load(
+                storage.file_path(directory, manifest, "images.npy", verify=False),
+                allow_pickle=False,
+                mmap_mode="r",
+            )
             faiss_rows = (
                 np.load(path("faiss_rows.npy"), allow_pickle=False)
                 if "faiss_rows.npy" in manifest["files"]
@@ -153,7 +162,7 @@ class SearchIndex:
             for name, entry in manifest["files"].items()
             if name not in {encoder_name, *DATA_FILES}
         }
-        return cls(
+        index = cls(
             encoder=load_encoder(encoder_file),
             encoder_file=encoder_file,
             vectors=vectors,
@@ -167,6 +176,8 @@ class SearchIndex:
             directory=directory,
             faiss_rows=faiss_rows,
         )
+        index._images_unverified = verify
+        return index
 
     def save(self, directory: str | os.PathLike[str], force: bool = False) -> None:
         """Write the index to ``directory`` atomically (see ``simsearch.storage``).
@@ -180,9 +191,7 @@ class SearchIndex:
             raise IndexExistsError(
                 f"an index already exists at {directory}; use --force to replace it"
             )
-        if self._images is None:
-            raise ConfigError("cannot save an index without its catalog images")
-        images = np.asarray(self._images)
+        images = np.asarray(self.images)  # verified first: a changed file is not copied on
         files: dict[str, storage.FileSource] = {
             self.encoder_file.name: self.encoder_file,
             "vectors.npy": lambda p: _save_npy(p, self.vectors),
@@ -405,9 +414,7 @@ class SearchIndex:
 
     def item_pixels(self, item_id: str) -> np.ndarray:
         """The catalog item's (28, 28) uint8 image as the model saw it."""
-        if self._images is None:
-            raise ConfigError("this index has no stored images")
-        return np.asarray(self._images[self.row_of(item_id)])
+        return np.asarray(self.images[self.row_of(item_id)])
 
     def item_png(self, item_id: str) -> bytes:
         """The catalog item as PNG bytes."""
@@ -422,6 +429,9 @@ class SearchIndex:
         """All catalog images (n, 28, 28) uint8 (memory-mapped when loaded)."""
         if self._images is None:
             raise ConfigError("this index has no stored images")
+        if self._images_unverified and self.directory is not None:
+            storage.file_path(self.directory, self.manifest, "images.npy", verify=True)
+            self._images_unverified = False
         return self._images
 
 

@@ -167,6 +167,17 @@ def test_tampered_file_is_detected_by_name(index_copy: Path, name: str) -> None:
     blob = bytearray(path.read_bytes())
     blob[len(blob) // 2] ^= 0xFF  # same size, one byte changed
     path.write_bytes(bytes(blob))
+    if name == "images.npy":  # not needed to search: checked on first use, before any copy
+        index = SearchIndex.load(index_copy)
+        assert index.query_pixels(np.zeros((1, 28, 28), np.uint8) + 9, k=1)  # search works
+        for use in (
+            lambda: index.images,
+            lambda: index.item_png("fashion-mnist/train/00007"),
+            lambda: index.save(index_copy),
+        ):
+            with pytest.raises(IndexCorruptError, match=name):
+                use()
+        return
     with pytest.raises(IndexCorruptError, match=name):
         SearchIndex.load(index_copy)
 
