@@ -329,6 +329,7 @@ class SearchIndex:
         sources = list(sources) if sources is not None else [None] * len(ids)
         if not (len(labels) == len(sources) == len(ids)):
             raise ConfigError("ids, labels and sources must have the same length")
+        images = np.asarray(self.images)  # first: a corrupt images.npy must fail before changes
         vectors = self.embed_pixels(pixels)
         self.faiss_index.add(vectors)  # every index type here supports add
         if self.faiss_rows is not None:  # new FAISS positions follow the old ones
@@ -341,7 +342,7 @@ class SearchIndex:
         self.labels = np.concatenate([self.labels, new_labels.astype(np.int16)])
         new_sources = np.asarray([s or "" for s in sources], dtype=str)
         self.sources = np.concatenate([self.sources.astype(str), new_sources])
-        self._images = np.concatenate([np.asarray(self.images), pixels])
+        self._images = np.concatenate([images, pixels])
         self._row_of = self._hit_fields = None
 
     def _check_new_ids(self, ids: list[str]) -> None:
@@ -367,6 +368,7 @@ class SearchIndex:
         Raises ItemNotFoundError (and removes nothing) when an id is unknown.
         """
         rows = sorted({self.row_of(str(item_id)) for item_id in ids})
+        images = np.asarray(self.images)  # first: a corrupt images.npy must fail before changes
         keep = np.ones(len(self), dtype=bool)
         keep[rows] = False
         new_row = np.cumsum(keep) - 1  # old row -> new row (-1 once removed)
@@ -374,7 +376,7 @@ class SearchIndex:
         positions = self.faiss_rows if self.faiss_rows is not None else np.arange(len(self))
         self.vectors = np.ascontiguousarray(self.vectors[keep])
         self.ids, self.labels, self.sources = self.ids[keep], self.labels[keep], self.sources[keep]
-        self._images = np.asarray(self.images)[keep]
+        self._images = images[keep]
         self._row_of = self._hit_fields = None
         conf = self.manifest["index"]
         self._tombstones = None

@@ -169,14 +169,19 @@ def test_tampered_file_is_detected_by_name(index_copy: Path, name: str) -> None:
     path.write_bytes(bytes(blob))
     if name == "images.npy":  # not needed to search: checked on first use, before any copy
         index = SearchIndex.load(index_copy)
+        bar = np.zeros((1, 28, 28), np.uint8)
+        bar[0, 4:24, 10:18] = 255
         assert index.query_pixels(np.zeros((1, 28, 28), np.uint8) + 9, k=1)  # search works
         for use in (
             lambda: index.images,
             lambda: index.item_png("fashion-mnist/train/00007"),
             lambda: index.save(index_copy),
+            lambda: index.add(bar, ["new"]),
+            lambda: index.remove(["fashion-mnist/train/00007"]),
         ):
             with pytest.raises(IndexCorruptError, match=name):
                 use()
+        assert len(index) == index.faiss_index.ntotal == 400  # the refused changes changed nothing
         return
     with pytest.raises(IndexCorruptError, match=name):
         SearchIndex.load(index_copy)
