@@ -52,14 +52,12 @@ def scores(catalog: np.ndarray, cat_labels: np.ndarray, queries: np.ndarray, q_l
 
 
 def whiten(train_codes: np.ndarray, codes: list[np.ndarray], power: float) -> list[np.ndarray]:
-    """The same map as ``simsearch.training.fold_whitening``, in numpy."""
+    """The map ``simsearch.training.fold_whitening`` folds into the encoder, in numpy."""
+    from simsearch.training import whitening_map
+
     if not power:
         return codes
-    x = train_codes.astype(np.float64)
-    mean = x.mean(axis=0)
-    eigenvalues, vectors = np.linalg.eigh(np.cov((x - mean).T))
-    floor = 1e-6 * max(float(eigenvalues.max()), 1e-12)
-    weights = vectors / np.power(np.maximum(eigenvalues, 0.0) + floor, power)
+    mean, weights = whitening_map(train_codes, power)
     return [(c - mean) @ weights for c in codes]
 
 
@@ -80,58 +78,17 @@ def patch_variant(variant: str) -> None:
 
 
 def conv_denoising_variant(code_size: int, variant: str) -> Any:
-    import keras
-    from keras import layers
+    from simsearch.models import _conv_denoising
 
-    from simsearch.models import Autoencoder
-
-    width, hidden, shift, erase = 32, 256, 2, False
     if variant == "wide":
-        width, hidden = 64, 512
-    elif variant == "w64":
-        width = 64
-    elif variant == "shift3":
-        shift = 3
-    elif variant == "erase":
-        erase = True
-    elif variant != "base":
-        raise SystemExit(f"unknown variant {variant}")
-
-    inputs = keras.Input((28, 28), dtype="float32", name="pixels")
-    x = layers.Rescaling(1.0 / 255.0)(inputs)
-    x = layers.Reshape((28, 28, 1))(x)
-    for filters in (width, 2 * width):
-        x = layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False)(x)
-        x = layers.BatchNormalization()(x)
-        x = layers.ReLU()(x)
-    x = layers.Flatten()(x)
-    x = layers.Dense(hidden, use_bias=False)(x)
-    x = layers.BatchNormalization()(x)
-    x = layers.ReLU()(x)
-    code = layers.Dense(code_size, name="code")(x)
-    encoder = keras.Model(inputs, code, name="encoder")
-
-    code_in = keras.Input((code_size,), name="code")
-    y = layers.Dense(512, activation="relu")(code_in)
-    y = layers.Dense(28 * 28, activation="sigmoid")(y)
-    decoder = keras.Model(code_in, layers.Reshape((28, 28))(y), name="decoder")
-
-    pixels = keras.Input((28, 28), dtype="float32", name="pixels")
-    z = layers.Reshape((28, 28, 1))(pixels)
-    z = layers.RandomTranslation(
-        shift / 28, shift / 28, fill_mode="constant", interpolation="nearest"
-    )(z)
-    z = layers.RandomFlip("horizontal")(z)
-    z = layers.Reshape((28, 28))(z)
-    z = layers.Rescaling(1.0 / 255.0)(z)
-    z = layers.GaussianNoise(0.1)(z)
-    if erase:
-        z = random_erasing()(z)
-    z = layers.Rescaling(255.0)(z)
-    corrupt = keras.Model(pixels, z, name="corrupt")
-    clean = keras.Input((28, 28), dtype="float32", name="pixels")
-    autoencoder = keras.Model(clean, decoder(encoder(corrupt(clean))), name="autoencoder")
-    return Autoencoder(autoencoder, encoder, decoder, corrupt)
+        return _conv_denoising(code_size, width=64, hidden=512)
+    if variant == "w64":
+        return _conv_denoising(code_size, width=64)
+    if variant == "shift3":
+        return _conv_denoising(code_size, shift=3)
+    if variant == "erase":
+        return _conv_denoising(code_size, extra_corruption=random_erasing())
+    raise SystemExit(f"unknown variant {variant}")
 
 
 def random_erasing(p: float = 0.5, low: int = 6, high: int = 14) -> Any:

@@ -94,6 +94,18 @@ def _assemble(
     return Autoencoder(keras.Model(inputs, outputs, name="autoencoder"), encoder, decoder)
 
 
+def _mlp_decoder(code_size: int, hidden: tuple[int, ...]) -> Any:
+    """code -> ReLU Dense layers of widths ``hidden`` -> 28x28 sigmoid pixels in [0, 1]."""
+    import keras
+
+    code_in = keras.Input((code_size,), name="code")
+    y = code_in
+    for width in hidden:
+        y = keras.layers.Dense(width, activation="relu")(y)
+    y = keras.layers.Dense(28 * 28, activation="sigmoid")(y)
+    return keras.Model(code_in, keras.layers.Reshape((28, 28))(y), name="decoder")
+
+
 def _dense(
     code_size: int, hidden: tuple[int, ...], noise: float = 0.0, shift: float = 0.0, l1: float = 0.0
 ) -> Autoencoder:
@@ -107,12 +119,7 @@ def _dense(
     code = keras.layers.Dense(code_size, name="code")(x)
     encoder = keras.Model(inputs, code, name="encoder")
 
-    code_in = keras.Input((code_size,), name="code")
-    y = code_in
-    for width in reversed(hidden):
-        y = keras.layers.Dense(width, activation="relu")(y)
-    y = keras.layers.Dense(28 * 28, activation="sigmoid")(y)
-    decoder = keras.Model(code_in, keras.layers.Reshape((28, 28))(y), name="decoder")
+    decoder = _mlp_decoder(code_size, tuple(reversed(hidden)))
     return _assemble(encoder, decoder, noise=noise, shift=shift, l1=l1)
 
 
@@ -139,8 +146,16 @@ def _conv(code_size: int) -> Autoencoder:
     return _assemble(encoder, decoder)
 
 
-def _conv_denoising(code_size: int, width: int = 32, hidden: int = 256) -> Autoencoder:
-    """Conv2D+BN encoder, MLP decoder; inputs shifted, flipped and noised in training only."""
+def _conv_denoising(
+    code_size: int,
+    width: int = 32,
+    hidden: int = 256,
+    shift: int = 2,
+    extra_corruption: Any = None,
+) -> Autoencoder:
+    """Conv2D+BN encoder, MLP decoder; inputs shifted (up to ``shift`` px), flipped and noised in
+    training only. ``extra_corruption``: a Keras layer applied after the noise (research
+    variants, e.g. scripts/research_model.py's random erasing), on pixels in [0, 1]."""
     import keras
     from keras import layers
 
@@ -158,20 +173,21 @@ def _conv_denoising(code_size: int, width: int = 32, hidden: int = 256) -> Autoe
     code = layers.Dense(code_size, name="code")(x)
     encoder = keras.Model(inputs, code, name="encoder")
 
-    code_in = keras.Input((code_size,), name="code")
-    y = layers.Dense(512, activation="relu")(code_in)
-    y = layers.Dense(28 * 28, activation="sigmoid")(y)
-    decoder = keras.Model(code_in, layers.Reshape((28, 28))(y), name="decoder")
+    decoder = _mlp_decoder(code_size, (512,))
 
     # Training graph: corrupted input -> encoder -> decoder, compared with the clean image, so
     # the code learns to ignore the small misalignments a photographed query brings.
     pixels = keras.Input((28, 28), dtype="float32", name="pixels")
     z = layers.Reshape((28, 28, 1))(pixels)
-    z = layers.RandomTranslation(2 / 28, 2 / 28, fill_mode="constant", interpolation="nearest")(z)
+    z = layers.RandomTranslation(
+        shift / 28, shift / 28, fill_mode="constant", interpolation="nearest"
+    )(z)
     z = layers.RandomFlip("horizontal")(z)
     z = layers.Reshape((28, 28))(z)
     z = layers.Rescaling(1.0 / 255.0)(z)
     z = layers.GaussianNoise(0.1)(z)  # Keras 3 wants stddev on the [0, 1] scale
+    if extra_corruption is not None:
+        z = extra_corruption(z)
     z = layers.Rescaling(255.0)(z)
     corrupt = keras.Model(pixels, z, name="corrupt")
     clean = keras.Input((28, 28), dtype="float32", name="pixels")
@@ -229,12 +245,7 @@ def _vae(code_size: int, hidden: tuple[int, ...], beta: float = 1.0) -> Autoenco
     posterior = keras.Model(inputs, [mean, log_var], name="posterior")
     encoder = keras.Model(inputs, mean, name="encoder")
 
-    code_in = keras.Input((code_size,), name="code")
-    y = code_in
-    for width in reversed(hidden):
-        y = keras.layers.Dense(width, activation="relu")(y)
-    y = keras.layers.Dense(28 * 28, activation="sigmoid")(y)
-    decoder = keras.Model(code_in, keras.layers.Reshape((28, 28))(y), name="decoder")
+    decoder = _mlp_decoder(code_size, tuple(reversed(hidden)))
     vae = _vae_class()(posterior, decoder, beta=beta, name="autoencoder")
     return Autoencoder(vae, encoder, decoder)
 

@@ -107,7 +107,8 @@ class SearchIndex:
             raise IndexCorruptError("faiss_rows.npy does not map the index onto its items")
         self._tombstones: vector_index.Tombstones | None = None
         self._row_of: dict[str, int] | None = None
-        self._hit_fields: list[tuple[str, int | None, str | None, str | None]] | None = None
+        # (id, label, label name, source) per row, filled as rows are returned by queries.
+        self._hit_fields: dict[int, tuple[str, int | None, str | None, str | None]] = {}
 
     # ------------------------------------------------------------------ persistence
 
@@ -265,46 +266,40 @@ class SearchIndex:
 
     def query_pixels(self, pixels: np.ndarray, k: int = 10) -> list[list[Hit]]:
         """Like :meth:`query_batch` for already preprocessed (n, 28, 28) uint8 pixels."""
-        scores, rows = self.search(self.embed_pixels(pixels), k)
+        return self._hit_lists(*self.search(self.embed_pixels(pixels), k))
+
+    def _hit_lists(self, scores: np.ndarray, rows: np.ndarray) -> list[list[Hit]]:
+        """FAISS-shaped (n, k) scores and rows -> one list of Hits per query."""
         # Whole-batch numpy first, then one cheap Hit per result: at 10 hits per query,
         # building Hits is a large share of a batch's time.
         similarities = np.clip(scores, -1.0, 1.0).astype(np.float64)
-        distances = (1.0 - similarities).tolist()
         return [
             self._hits(s, d, r)
-            for s, d, r in zip(similarities.tolist(), distances, rows.tolist(), strict=True)
+            for s, d, r in zip(
+                similarities.tolist(), (1.0 - similarities).tolist(), rows.tolist(), strict=True
+            )
         ]
 
     def _hits(
         self, similarities: list[float], distances: list[float], rows: list[int]
     ) -> list[Hit]:
-        fields = self._fields_by_row()
         hits: list[Hit] = []
         for similarity, distance, row in zip(similarities, distances, rows, strict=True):
             if row < 0:  # FAISS filler: fewer neighbours than asked for
                 continue
-            item_id, label, label_name, source = fields[row]
+            fields = self._hit_fields.get(row)
+            if fields is None:
+                fields = self._hit_fields[row] = (
+                    str(self.ids[row]),
+                    self.label_of(row),
+                    self.label_name_of(row),
+                    str(self.sources[row]) or None,
+                )
+            item_id, label, label_name, source = fields
             hits.append(
                 Hit.make(len(hits) + 1, item_id, label, label_name, similarity, distance, source)
             )
         return hits
-
-    def _fields_by_row(self) -> list[tuple[str, int | None, str | None, str | None]]:
-        """(id, label, label name, source) of every row, built once per catalog state."""
-        if self._hit_fields is None:
-            names = self.label_names
-            self._hit_fields = [
-                (
-                    item_id,
-                    None if label < 0 else label,
-                    names[label] if 0 <= label < len(names) else None,
-                    source or None,
-                )
-                for item_id, label, source in zip(
-                    self.ids.tolist(), self.labels.tolist(), self.sources.tolist(), strict=True
-                )
-            ]
-        return self._hit_fields
 
     # ------------------------------------------------------------------ changes
 
@@ -343,7 +338,8 @@ class SearchIndex:
         new_sources = np.asarray([s or "" for s in sources], dtype=str)
         self.sources = np.concatenate([self.sources.astype(str), new_sources])
         self._images = np.concatenate([images, pixels])
-        self._row_of = self._hit_fields = None
+        self._row_of = None
+        self._hit_fields = {}
 
     def _check_new_ids(self, ids: list[str]) -> None:
         seen: set[str] = set()
@@ -377,7 +373,8 @@ class SearchIndex:
         self.vectors = np.ascontiguousarray(self.vectors[keep])
         self.ids, self.labels, self.sources = self.ids[keep], self.labels[keep], self.sources[keep]
         self._images = images[keep]
-        self._row_of = self._hit_fields = None
+        self._row_of = None
+        self._hit_fields = {}
         conf = self.manifest["index"]
         self._tombstones = None
         if conf["type"] == "hnsw" and len(self.vectors):

@@ -279,6 +279,15 @@ def _margin_loss(config: TrainConfig, n_classes: int) -> Any:
     return margin_cross_entropy
 
 
+def whitening_map(codes: np.ndarray, power: float) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, weights) with whitened = (codes - mean) @ weights: PCA-whitening to ``power``."""
+    x = np.asarray(codes, dtype=np.float64)
+    mean = x.mean(axis=0)
+    eigenvalues, vectors = np.linalg.eigh(np.cov((x - mean).T))
+    floor = 1e-6 * max(float(eigenvalues.max()), 1e-12)
+    return mean, vectors / np.power(np.maximum(eigenvalues, 0.0) + floor, power)
+
+
 def fold_whitening(encoder: Any, images: np.ndarray, power: float) -> Any:
     """The encoder followed by a fixed linear map: PCA-whitening of its codes on ``images``.
 
@@ -287,11 +296,8 @@ def fold_whitening(encoder: Any, images: np.ndarray, power: float) -> Any:
     """
     import keras
 
-    codes = encoder.predict(images, batch_size=1024, verbose=0).astype(np.float64)
-    mean = codes.mean(axis=0)
-    eigenvalues, vectors = np.linalg.eigh(np.cov((codes - mean).T))
-    floor = 1e-6 * max(float(eigenvalues.max()), 1e-12)
-    weights = vectors / np.power(np.maximum(eigenvalues, 0.0) + floor, power)
+    codes = encoder.predict(images, batch_size=1024, verbose=0)
+    mean, weights = whitening_map(codes, power)
     layer = keras.layers.Dense(codes.shape[1], name="whiten")
     outputs = layer(encoder.output)
     layer.set_weights([weights.astype(np.float32), (-mean @ weights).astype(np.float32)])
