@@ -284,12 +284,13 @@ class SearchIndex:
         self, similarities: list[float], distances: list[float], rows: list[int]
     ) -> list[Hit]:
         hits: list[Hit] = []
+        cached = self._hit_fields
         for similarity, distance, row in zip(similarities, distances, rows, strict=True):
             if row < 0:  # FAISS filler: fewer neighbours than asked for
                 continue
-            fields = self._hit_fields.get(row)
+            fields = cached.get(row)
             if fields is None:
-                fields = self._hit_fields[row] = (
+                fields = cached[row] = (
                     str(self.ids[row]),
                     self.label_of(row),
                     self.label_name_of(row),
