@@ -702,14 +702,17 @@ def _autoencoder_reconstruct(path: Path, images: np.ndarray, reporter: Reporter)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     reporter.message("loading TensorFlow ...")
     try:
-        import keras
+        import keras  # noqa: F401
     except ImportError:
         raise MissingDependencyError(
             "reconstruct needs TensorFlow and Keras, which are not installed: "
             "pip install 'simsearch[train]'"
         ) from None
+    from simsearch.models import load_autoencoder
+
     try:
-        model = keras.saving.load_model(path, compile=False)
+        # (load_autoencoder registers simsearch's own layers and models first: VAE, gain)
+        model = load_autoencoder(path)
     except Exception as exc:  # Keras raises many untyped errors for a bad file
         message = " ".join(str(exc).split())[:200]
         raise IndexCorruptError(f"{path}: not a loadable Keras model ({message})") from None

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -281,6 +283,16 @@ def test_every_kind_builds_exports_queries_and_evaluates(kind: str, tmp_path: Pa
     assert out["model"]["kind"] == kind
     assert out["protocol"]["catalog"] == "fashion-mnist/train[:1000]"
     assert out["model"]["P@10"] > 0.3  # one epoch on 900 images: far above chance (0.1)
+    # A fresh process, as a user runs it: the saved autoencoder must load without the classes
+    # that building registered in this one (the VAE model, the gain layer).
+    figure = tmp_path / "reconstruction.png"
+    proc = subprocess.run(
+        [sys.executable, "-c", "from simsearch.cli import app; app()", "reconstruct",
+         "--index-dir", str(directory), "--out", str(figure), "--n", "4", "--quiet"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert figure.stat().st_size > 0
 
 
 @pytest.mark.slow
