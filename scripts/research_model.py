@@ -24,7 +24,7 @@ without touching the library (``simsearch.models.build_model`` is patched for th
 (conv width 64, hidden 512), ``w64`` (conv width 64, hidden 256), ``shift3`` (+-3 px shifts),
 ``double`` (a stride-1 conv before each strided one), ``sphere`` (the decoder reads the
 L2-normalised code), ``nogain`` (no brightness jitter, the default before it),
-``gain:LOW:HIGH`` (another jitter range).
+``gain:LOW:HIGH`` (another jitter range), ``gamma`` (+ a random gamma in [1/1.5, 1.5]).
 
 ``--contrast-weight W`` adds the library's InfoNCE term between two random views
 (``TrainConfig.contrast_weight``); ``--recalibrate-bn`` also scores the same trained encoder
@@ -103,6 +103,8 @@ def conv_denoising_variant(code_size: int, variant: str) -> Any:
         return spherical_decoder(_conv_denoising(code_size), code_size)
     if variant == "nogain":  # the default before the brightness jitter
         return _conv_denoising(code_size, gain=None)
+    if variant == "gamma":
+        return _conv_denoising(code_size, extra_corruption=random_gamma())
     if variant.startswith("gain:"):  # gain:LOW:HIGH
         low, high = (float(b) for b in variant.split(":")[1:])
         return _conv_denoising(code_size, gain=(low, high))
@@ -124,6 +126,27 @@ def spherical_decoder(model: Any, code_size: int) -> Any:
     )(code)
     autoencoder = keras.Model(clean, model.decoder(unit), name="autoencoder")
     return Autoencoder(autoencoder, model.encoder, model.decoder, model.corrupt)
+
+
+def random_gamma(most: float = 1.5) -> Any:
+    """Training only: raise each image's [0, 1] pixels to a random power in [1/most, most]
+    (contrast changes that a gain cannot make); the sign keeps the noise's zero mean."""
+    import keras
+    from keras import ops
+
+    class RandomGamma(keras.layers.Layer):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.seed = keras.random.SeedGenerator(3)
+
+        def call(self, x: Any, training: bool = False) -> Any:
+            if not training:
+                return x
+            shape = (ops.shape(x)[0], 1, 1)
+            power = ops.exp(keras.random.uniform(shape, -1.0, 1.0, seed=self.seed) * np.log(most))
+            return ops.sign(x) * ops.power(ops.abs(x) + 1e-6, power)
+
+    return RandomGamma(name="random_gamma")
 
 
 def recalibrate_batchnorm(encoder: Any, images: np.ndarray, n: int = 8192) -> int:
