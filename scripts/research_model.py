@@ -24,7 +24,8 @@ without touching the library (``simsearch.models.build_model`` is patched for th
 (conv width 64, hidden 512), ``w64`` (conv width 64, hidden 256), ``shift3`` (+-3 px shifts),
 ``double`` (a stride-1 conv before each strided one), ``sphere`` (the decoder reads the
 L2-normalised code), ``nogain`` (no brightness jitter, the default before it),
-``gain:LOW:HIGH`` (another jitter range), ``gamma`` (+ a random gamma in [1/1.5, 1.5]).
+``gain:LOW:HIGH`` (another jitter range), ``gamma`` (+ a random gamma in [1/1.5, 1.5]),
+``zoom`` (+ zoom +-10%), ``rotate`` (+ rotations up to +-10 degrees).
 
 ``--contrast-weight W`` adds the library's InfoNCE term between two random views
 (``TrainConfig.contrast_weight``); ``--recalibrate-bn`` also scores the same trained encoder
@@ -103,6 +104,13 @@ def conv_denoising_variant(code_size: int, variant: str) -> Any:
         return spherical_decoder(_conv_denoising(code_size), code_size)
     if variant == "nogain":  # the default before the brightness jitter
         return _conv_denoising(code_size, gain=None)
+    if variant in ("zoom", "rotate"):
+        from simsearch.models import corruption
+
+        extra = random_rotation() if variant == "rotate" else None
+        zoom = 0.1 if variant == "zoom" else 0.0
+        corrupt = corruption(2, gain=(0.6, 1.4), zoom=zoom, extra=extra)
+        return with_corruption(_conv_denoising(code_size), corrupt)
     if variant == "gamma":
         return _conv_denoising(code_size, extra_corruption=random_gamma())
     if variant.startswith("gain:"):  # gain:LOW:HIGH
@@ -126,6 +134,28 @@ def spherical_decoder(model: Any, code_size: int) -> Any:
     )(code)
     autoencoder = keras.Model(clean, model.decoder(unit), name="autoencoder")
     return Autoencoder(autoencoder, model.encoder, model.decoder, model.corrupt)
+
+
+def with_corruption(model: Any, corrupt: Any) -> Any:
+    """The same encoder and decoder trained behind another corruption model."""
+    import keras
+
+    from simsearch.models import Autoencoder
+
+    clean = keras.Input((28, 28), dtype="float32", name="pixels")
+    autoencoder = keras.Model(clean, model.decoder(model.encoder(corrupt(clean))))
+    return Autoencoder(autoencoder, model.encoder, model.decoder, corrupt)
+
+
+def random_rotation(degrees: float = 10.0) -> Any:
+    """Training only: rotate (n, 28, 28) images by up to +-``degrees``."""
+    import keras
+    from keras import layers
+
+    pixels = keras.Input((28, 28), dtype="float32")
+    z = layers.Reshape((28, 28, 1))(pixels)
+    z = layers.RandomRotation(degrees / 360.0, fill_mode="constant")(z)
+    return keras.Model(pixels, layers.Reshape((28, 28))(z), name="rotation")
 
 
 def random_gamma(most: float = 1.5) -> Any:
