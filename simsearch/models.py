@@ -182,7 +182,7 @@ def _conv_denoising(
 
     # Training graph: corrupted input -> encoder -> decoder, compared with the clean image, so
     # the code learns to ignore the small misalignments a photographed query brings. The gain
-    # added 0.6 P@10 on the protocol over three runs (README, the default model).
+    # added 0.6 P@10 on the protocol in two research runs and the default build (README).
     corrupt = corruption(shift, gain=gain, extra=extra_corruption)
     clean = keras.Input((28, 28), dtype="float32", name="pixels")
     autoencoder = keras.Model(clean, decoder(encoder(corrupt(clean))), name="autoencoder")
