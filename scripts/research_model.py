@@ -35,12 +35,12 @@ with its BatchNorm statistics reset on clean images (``recalibrate_batchnorm``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -253,23 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     patch_variant(args.variant)
     train_split = load_split("train", args.data_dir)
     test_split = load_split("test", args.data_dir)
-    config = TrainConfig(
-        model=args.model,
-        code_size=args.code_size,
-        epochs=args.epochs,
-        patience=args.patience,
-        learning_rate=args.learning_rate,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        whiten=0.0,
-        use_labels=args.use_labels,
-        label_weight=args.label_weight,
-        label_scale=args.label_scale,
-        label_margin=args.label_margin,
-        label_smoothing=args.label_smoothing,
-        contrast_weight=args.contrast_weight,
-        contrast_temperature=args.contrast_temperature,
-    )
+    # Every training option is named after a TrainConfig field; the exported encoder is left
+    # unwhitened (the powers are scored below).
+    fields = {field.name for field in dataclasses.fields(TrainConfig)}
+    options = {name: value for name, value in vars(args).items() if name in fields}
+    config = TrainConfig(whiten=0.0, **options)
     with tempfile.TemporaryDirectory(prefix="simsearch-research-") as tmp:
         trained = train(
             train_split.images[: args.limit],
@@ -311,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "name": args.name or args.variant,
                 "variant": args.variant,
-                "config": asdict(config),
+                "config": dataclasses.asdict(config),
                 "epochs_run": trained.epochs_run,
                 "train_seconds": round(trained.seconds, 1),
                 "seconds_per_epoch": round(trained.seconds / max(1, trained.epochs_run), 1),

@@ -81,7 +81,7 @@ def test_refit_decoder_fits_clean_codes_and_leaves_the_encoder() -> None:
     x = make_images(1024, seed=3)[0].astype(np.float32)
     codes = np.asarray(model.encoder(x, training=False))
     before = float(np.mean(losses.binary_crossentropy(x / 255.0, model.autoencoder(x))))
-    refit_decoder(model, x, "binary_crossentropy", 32)
+    refit_decoder(model, codes, x, "binary_crossentropy", 32)
     after = float(np.mean(losses.binary_crossentropy(x / 255.0, model.autoencoder(x))))
     assert after < before - 0.03
     assert np.array_equal(np.asarray(model.encoder(x, training=False)), codes)
