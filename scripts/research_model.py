@@ -23,9 +23,10 @@ without touching the library (``simsearch.models.build_model`` is patched for th
 ``base`` (the library's), ``erase`` (+ random erasing of one rectangle, p=0.5), ``wide``
 (conv width 64, hidden 512), ``w64`` (conv width 64, hidden 256), ``shift3`` (+-3 px shifts),
 ``double`` (a stride-1 conv before each strided one), ``sphere`` (the decoder reads the
-L2-normalised code), ``nogain`` (no brightness jitter, the default before it),
-``gain:LOW:HIGH`` (another jitter range), ``gamma`` (+ a random gamma in [1/1.5, 1.5]),
-``zoom`` (+ zoom +-10%), ``rotate`` (+ rotations up to +-10 degrees).
+L2-normalised code), ``nogain`` (no brightness jitter), ``gain:LOW:HIGH`` (another jitter
+range), ``nozoom`` (no zoom: the default before session 4), ``gamma`` (+ a random gamma in
+[1/1.5, 1.5]), ``rotate`` (+ rotations up to +-10 degrees). Each is relative to the current
+default: a variant measured in the README before a later default change was measured then.
 
 ``--contrast-weight W`` adds the library's InfoNCE term between two random views
 (``TrainConfig.contrast_weight``); ``--recalibrate-bn`` also scores the same trained encoder
@@ -102,15 +103,12 @@ def conv_denoising_variant(code_size: int, variant: str) -> Any:
         return _conv_denoising(code_size, double=True)
     if variant == "sphere":
         return spherical_decoder(_conv_denoising(code_size), code_size)
-    if variant == "nogain":  # the default before the brightness jitter
+    if variant == "nogain":
         return _conv_denoising(code_size, gain=None)
-    if variant in ("zoom", "rotate"):
-        from simsearch.models import corruption
-
-        extra = random_rotation() if variant == "rotate" else None
-        zoom = 0.1 if variant == "zoom" else 0.0
-        corrupt = corruption(2, gain=(0.6, 1.4), zoom=zoom, extra=extra)
-        return with_corruption(_conv_denoising(code_size), corrupt)
+    if variant == "nozoom":  # the default before the zoom
+        return _conv_denoising(code_size, zoom=0.0)
+    if variant == "rotate":
+        return _conv_denoising(code_size, extra_corruption=random_rotation())
     if variant == "gamma":
         return _conv_denoising(code_size, extra_corruption=random_gamma())
     if variant.startswith("gain:"):  # gain:LOW:HIGH
@@ -134,17 +132,6 @@ def spherical_decoder(model: Any, code_size: int) -> Any:
     )(code)
     autoencoder = keras.Model(clean, model.decoder(unit), name="autoencoder")
     return Autoencoder(autoencoder, model.encoder, model.decoder, model.corrupt)
-
-
-def with_corruption(model: Any, corrupt: Any) -> Any:
-    """The same encoder and decoder trained behind another corruption model."""
-    import keras
-
-    from simsearch.models import Autoencoder
-
-    clean = keras.Input((28, 28), dtype="float32", name="pixels")
-    autoencoder = keras.Model(clean, model.decoder(model.encoder(corrupt(clean))))
-    return Autoencoder(autoencoder, model.encoder, model.decoder, corrupt)
 
 
 def random_rotation(degrees: float = 10.0) -> Any:
@@ -243,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--whiten-powers", default="0,0.25,0.5")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--name", default=None, help="a name for the variant in the JSON")
+    parser.add_argument("--save-codes", default=None, help="write the unwhitened codes (npz)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -277,10 +265,19 @@ def main(argv: list[str] | None = None) -> int:
             recalibrate_batchnorm(keras_encoder, train_split.images)
             recal_train = keras_encoder.predict(train_split.images.astype(np.float32), 1024, 0)
             recal_test = keras_encoder.predict(test_split.images.astype(np.float32), 1024, 0)
-        # Free candidate: the mean code of the image and its mirror image (flip-invariant).
+        # The mean code of the image and its mirror image (the library's exported encoder
+        # already averages them for conv-denoising, models.MIRROR_AVERAGED: then the same).
         flip_train = (train_codes + encoder.encode(train_split.images[:, :, ::-1])) / 2
         flip_test = (test_codes + encoder.encode(test_split.images[:, :, ::-1])) / 2
 
+    if args.save_codes:  # for post-hoc study (combinations, other whitenings)
+        np.savez(
+            args.save_codes,
+            train=train_codes,
+            test=test_codes,
+            flip_train=flip_train,
+            flip_test=flip_test,
+        )
     tl, ql = train_split.labels.astype(np.int64), test_split.labels.astype(np.int64)
     results: dict[str, Any] = {}
     candidates = [("", (train_codes, test_codes)), (" flip-mean", (flip_train, flip_test))]

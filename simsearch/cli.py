@@ -82,7 +82,7 @@ def build_index_cmd(
         ),
     ] = "conv-denoising",
     code_size: Annotated[int, typer.Option(help="Embedding dimension D.")] = 64,
-    epochs: Annotated[int, typer.Option(help="Epochs (cosine schedule, early stopping).")] = 10,
+    epochs: Annotated[int, typer.Option(help="Epochs (cosine schedule, early stopping).")] = 20,
     whiten: Annotated[
         float | None,
         typer.Option(help="PCA-whitening power folded into the encoder [0.25 for conv-denoising]."),

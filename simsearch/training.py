@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from simsearch.errors import ConfigError
-from simsearch.models import DEFAULT_MODEL, DEFAULT_WHITEN, MODEL_KINDS
+from simsearch.models import DEFAULT_MODEL, DEFAULT_WHITEN, MIRROR_AVERAGED, MODEL_KINDS
 from simsearch.progress import Reporter
 
 
@@ -27,7 +27,7 @@ class TrainConfig:
 
     model: str = DEFAULT_MODEL
     code_size: int = 64
-    epochs: int = 10
+    epochs: int = 20
     batch_size: int = 256
     learning_rate: float = 2e-3  # AdamW peak rate, cosine-decayed to 0 over the run
     weight_decay: float = 1e-4
@@ -165,7 +165,7 @@ def _train_keras(
     reporter.message("loading TensorFlow ...")
     import keras
 
-    from simsearch.models import build_model
+    from simsearch.models import build_model, mirror_averaged
 
     keras.utils.set_random_seed(config.seed)
     x = images.astype(np.float32)
@@ -234,11 +234,15 @@ def _train_keras(
 
     encoder = model.encoder
     power = config.whiten if config.whiten is not None else default_whiten(config)
-    if model.corrupt is not None or power:
-        codes = encoder.predict(x, batch_size=1024, verbose=0)  # once, for both steps below
+    mirror = config.model in MIRROR_AVERAGED
+    if model.corrupt is not None or power or mirror:
+        codes = encoder.predict(x, batch_size=1024, verbose=0)  # once, for the steps below
     if model.corrupt is not None:
         reporter.message("fitting the decoder to the codes of clean images ...")
         refit_decoder(model, codes[:-n_val], x_train, loss, config.batch_size)
+    if mirror:
+        codes = (codes + encoder.predict(x[:, :, ::-1], batch_size=1024, verbose=0)) / 2
+        encoder = mirror_averaged(encoder)
     if power:
         reporter.message(f"fitting the whitening (power {power}) on {len(x):,} codes ...")
         encoder = fold_whitening(encoder, codes, power)

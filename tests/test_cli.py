@@ -211,6 +211,19 @@ def test_help_lists_commands() -> None:
         assert command in result.stdout
 
 
+def test_build_index_defaults_are_the_training_defaults() -> None:
+    """The CLI spells its defaults out (it must not import numpy to print --help): they must
+    stay those of TrainConfig, which the library and the README's figures use."""
+    import inspect
+
+    from simsearch.cli import build_index_cmd
+    from simsearch.training import TrainConfig
+
+    options = inspect.signature(build_index_cmd).parameters
+    for name in ("model", "code_size", "epochs", "whiten", "seed", "loss", "batch_size"):
+        assert options[name].default == getattr(TrainConfig, name), name
+
+
 @pytest.mark.slow
 def test_rephotographed_catalog_items_find_themselves(
     dense_index_dir: Path, tmp_path: Path

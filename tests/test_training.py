@@ -85,3 +85,21 @@ def test_refit_decoder_fits_clean_codes_and_leaves_the_encoder() -> None:
     after = float(np.mean(losses.binary_crossentropy(x / 255.0, model.autoencoder(x))))
     assert after < before - 0.03
     assert np.array_equal(np.asarray(model.encoder(x, training=False)), codes)
+
+
+def test_conv_denoising_encoder_gives_a_mirror_image_the_same_code(tmp_path: Path) -> None:
+    """The exported encoder (ONNX, the query path) averages an image's code with its mirror
+    image's, so a flipped photo finds the same items; the saved Keras copy loads and agrees."""
+    from simsearch.encoders import load_encoder
+    from simsearch.models import load_autoencoder
+
+    images, _ = make_images(200, seed=3)
+    trained = train(images, TrainConfig(code_size=8, epochs=1, batch_size=32), tmp_path)
+    encoder = load_encoder(trained.encoder_file)
+    codes = encoder.encode(images[:20])
+    mirrored = encoder.encode(images[:20, :, ::-1])
+    assert np.allclose(codes, mirrored, atol=1e-5)
+    assert np.allclose(encoder.encode(images[:1]), codes[:1], atol=1e-5)  # a single query too
+    assert not np.allclose(codes[0], codes[1], atol=1e-3)  # and still tells images apart
+    keras_encoder = load_autoencoder(tmp_path / "encoder.keras")
+    assert np.allclose(np.asarray(keras_encoder(images[:20].astype(np.float32))), codes, atol=1e-4)
