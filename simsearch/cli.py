@@ -87,6 +87,14 @@ def build_index_cmd(
         float | None,
         typer.Option(help="PCA-whitening power folded into the encoder [0.25 for conv-denoising]."),
     ] = None,
+    mirror: Annotated[
+        bool | None,
+        typer.Option(
+            "--mirror/--no-mirror",
+            help="Code = mean of the image's and its mirror image's codes [on for conv-denoising; "
+            "off embeds twice as fast].",
+        ),
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="Use only the first N items.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed (repeatable runs).")] = 0,
     loss: Annotated[str, typer.Option(help="bce or mse.")] = "bce",
@@ -140,6 +148,7 @@ def build_index_cmd(
                 code_size=code_size,
                 epochs=epochs,
                 whiten=whiten,
+                mirror=mirror,
                 batch_size=batch_size,
                 loss=loss,
                 seed=seed,

@@ -103,3 +103,14 @@ def test_conv_denoising_encoder_gives_a_mirror_image_the_same_code(tmp_path: Pat
     assert not np.allclose(codes[0], codes[1], atol=1e-3)  # and still tells images apart
     keras_encoder = load_autoencoder(tmp_path / "encoder.keras")
     assert np.allclose(np.asarray(keras_encoder(images[:20].astype(np.float32))), codes, atol=1e-4)
+
+
+def test_no_mirror_exports_the_plain_encoder(tmp_path: Path) -> None:
+    from simsearch.encoders import load_encoder
+
+    images, _ = make_images(200, seed=3)
+    config = TrainConfig(code_size=8, epochs=1, batch_size=32, mirror=False)
+    encoder = load_encoder(train(images, config, tmp_path).encoder_file)
+    assert not np.allclose(encoder.encode(images[:20]), encoder.encode(images[:20, :, ::-1]))
+    with pytest.raises(ConfigError, match="--mirror needs an autoencoder"):
+        TrainConfig(model="pca", mirror=True).validate()
