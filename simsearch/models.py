@@ -313,8 +313,8 @@ def mirror_averaged(encoder: Any) -> Any:
 
     The catalog and the queries both get this code, so a mirrored photo of an item finds the
     item exactly as the photo does (a left- and a right-facing shoe are the same product). The
-    two views go through the encoder as one batch of 2n: one pass, cheaper for a single query
-    than two (0.23 against 0.30 ms per image, ONNX Runtime), the same work for a large batch.
+    two views go through the encoder as one batch of 2n: one pass of the graph, not two, which
+    is what a single query pays for; a large batch does twice the work either way.
     """
     import keras
 
