@@ -187,8 +187,8 @@ def _conv_denoising(
 
     # Training graph: corrupted input -> encoder -> decoder, compared with the clean image, so
     # the code learns to ignore the small misalignments a photographed query brings. The gain
-    # added 0.6 P@10 on the protocol in two research runs and a default build; the zoom 0.4
-    # over 20 epochs (0.1 over 10; README).
+    # added 0.6 P@10 on the protocol in two research runs and a default build; the zoom
+    # 0.3-0.4 over 20 epochs (0.1 over 10; README).
     corrupt = corruption(shift, gain=gain, zoom=zoom, extra=extra_corruption)
     clean = keras.Input((28, 28), dtype="float32", name="pixels")
     autoencoder = keras.Model(clean, decoder(encoder(corrupt(clean))), name="autoencoder")

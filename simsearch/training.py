@@ -33,7 +33,8 @@ class TrainConfig:
     weight_decay: float = 1e-4
     whiten: float | None = None  # PCA-whitening power folded into the encoder; None = per kind
     # Export the mean of the codes of each image and its mirror image (models.mirror_averaged):
-    # +0.1-0.3 P@10 for the default model, at twice the encoder's work. None = per kind.
+    # +0.04 to +0.27 points of P@10 in six comparisons (README), at twice the encoder's work.
+    # None = the kind's default (models.MIRROR_AVERAGED).
     mirror: bool | None = None
     loss: str = "bce"  # binary cross-entropy on [0, 1] pixels, or "mse"
     validation_fraction: float = 0.1  # held out from the TRAIN split; test is the query set

@@ -1,5 +1,6 @@
 """Training internals with behaviour of their own: the brightness jitter, the contrastive term,
-the decoder refit, and that a conv-denoising autoencoder loads back."""
+the decoder refit, the mirror-averaged encoder, and that a conv-denoising autoencoder loads
+back."""
 
 from __future__ import annotations
 
