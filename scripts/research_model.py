@@ -22,7 +22,8 @@ Variants (``--variant``) change the conv-denoising architecture or its training 
 without touching the library (``simsearch.models.build_model`` is patched for the run):
 ``base`` (the library's), ``erase`` (+ random erasing of one rectangle, p=0.5), ``wide``
 (conv width 64, hidden 512), ``w64`` (conv width 64, hidden 256), ``shift3`` (+-3 px shifts),
-``double`` (a stride-1 conv before each strided one), ``sphere`` (the decoder reads the
+``double`` (a stride-1 conv before each strided one), ``tail1`` (one more stride-1 conv, at
+7x7, after the strided ones), ``sphere`` (the decoder reads the
 L2-normalised code), ``nogain`` (no brightness jitter), ``gain:LOW:HIGH`` (another jitter
 range), ``nozoom`` (no zoom: the default before session 4), ``gamma`` (+ a random gamma in
 [1/1.5, 1.5]), ``rotate`` (+ rotations up to +-10 degrees). Each is relative to the current
@@ -101,6 +102,8 @@ def conv_denoising_variant(code_size: int, variant: str) -> Any:
         return _conv_denoising(code_size, extra_corruption=random_erasing())
     if variant == "double":
         return _conv_denoising(code_size, double=True)
+    if variant == "tail1":
+        return _conv_denoising(code_size, tail_convs=1)
     if variant == "sphere":
         return spherical_decoder(_conv_denoising(code_size), code_size)
     if variant == "nogain":

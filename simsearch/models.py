@@ -159,11 +159,13 @@ def _conv_denoising(
     double: bool = False,
     gain: tuple[float, float] | None = (0.6, 1.4),
     zoom: float = 0.1,
+    tail_convs: int = 0,
 ) -> Autoencoder:
     """Conv2D+BN encoder, MLP decoder; inputs shifted (up to ``shift`` px), flipped, zoomed
     (+-``zoom``), noised and brightness-jittered (a random ``gain``) in training only.
     ``extra_corruption``: a Keras layer applied after those (research variants, e.g. random
-    erasing), on pixels in [0, 1]. ``double``: a stride-1 3x3 conv before each strided one."""
+    erasing), on pixels in [0, 1]. ``double``: a stride-1 3x3 conv before each strided one;
+    ``tail_convs``: that many stride-1 3x3 convs after them, at 7x7 (research variants)."""
     import keras
     from keras import layers
 
@@ -171,11 +173,12 @@ def _conv_denoising(
     x = layers.Rescaling(1.0 / 255.0)(inputs)
     x = layers.Reshape((28, 28, 1))(x)
     strides = (1, 2) if double else (2,)
-    for filters in (width, 2 * width):  # 28 -> 14 -> 7
-        for stride in strides:
-            x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False)(x)
-            x = layers.BatchNormalization()(x)
-            x = layers.ReLU()(x)
+    convs = [(filters, stride) for filters in (width, 2 * width) for stride in strides]
+    convs += [(2 * width, 1)] * tail_convs  # 28 -> 14 -> 7 [-> 7 ...]
+    for filters, stride in convs:
+        x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.ReLU()(x)
     x = layers.Flatten()(x)
     x = layers.Dense(hidden, use_bias=False)(x)
     x = layers.BatchNormalization()(x)
