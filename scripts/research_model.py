@@ -124,15 +124,12 @@ def spherical_decoder(model: Any, code_size: int) -> Any:
     """Decode from the L2-normalised code (times sqrt(D)): trains the geometry cosine search
     uses; the exported encoder is unchanged (the index normalises anyway)."""
     import keras
-    from keras import ops
 
-    from simsearch.models import Autoencoder
+    from simsearch.models import Autoencoder, l2_normalize
 
     clean = keras.Input((28, 28), dtype="float32", name="pixels")
     code = model.encoder(model.corrupt(clean))
-    unit = keras.layers.Lambda(
-        lambda c: c * (code_size**0.5) / ops.sqrt(ops.sum(c * c, axis=-1, keepdims=True) + 1e-12)
-    )(code)
+    unit = keras.layers.Lambda(lambda c: l2_normalize(c) * (code_size**0.5))(code)
     autoencoder = keras.Model(clean, model.decoder(unit), name="autoencoder")
     return Autoencoder(autoencoder, model.encoder, model.decoder, model.corrupt)
 

@@ -351,6 +351,13 @@ def _mirror_classes() -> tuple[Any, Any]:
     return WithMirrors, MeanOfHalves
 
 
+def l2_normalize(x: Any, axis: int = -1) -> Any:
+    """Keras tensor ``x`` scaled to unit L2 norm along ``axis`` (a zero vector stays zero)."""
+    from keras import ops
+
+    return x / ops.sqrt(ops.sum(ops.square(x), axis=axis, keepdims=True) + 1e-12)
+
+
 def cosine_head(n_classes: int, scale: float) -> Any:
     """Training-only classifier on the code: ``scale * cos(code, w_c)`` per class (NormFace).
 
@@ -367,9 +374,7 @@ def cosine_head(n_classes: int, scale: float) -> Any:
             )
 
         def call(self, code: Any) -> Any:
-            unit = code / ops.sqrt(ops.sum(ops.square(code), axis=-1, keepdims=True) + 1e-12)
-            w = self.w / ops.sqrt(ops.sum(ops.square(self.w), axis=0, keepdims=True) + 1e-12)
-            return scale * ops.matmul(unit, w)
+            return scale * ops.matmul(l2_normalize(code), l2_normalize(self.w, axis=0))
 
     return CosineHead(name="cosine_head")
 

@@ -336,10 +336,10 @@ def info_nce_loss(temperature: float) -> Any:
     positive is the other view of the same image, its negatives the other images' views."""
     from keras import losses, ops
 
+    from simsearch.models import l2_normalize
+
     def info_nce(y_true: Any, y_pred: Any) -> Any:
-        first, second = ops.split(y_pred, 2, axis=-1)
-        first = first / ops.sqrt(ops.sum(ops.square(first), axis=-1, keepdims=True) + 1e-12)
-        second = second / ops.sqrt(ops.sum(ops.square(second), axis=-1, keepdims=True) + 1e-12)
+        first, second = (l2_normalize(view) for view in ops.split(y_pred, 2, axis=-1))
         logits = ops.matmul(first, ops.transpose(second)) / temperature
         same = ops.arange(ops.shape(logits)[0])
         forward = losses.sparse_categorical_crossentropy(same, logits, from_logits=True)
