@@ -20,14 +20,16 @@ Metrics are ``simsearch.evaluate.score_neighbours`` (P@1, P@10, P@100, mAP@100, 
 
 Variants (``--variant``) change the conv-denoising architecture or its training corruption
 without touching the library (``simsearch.models.build_model`` is patched for the run):
-``base`` (the library's), ``erase`` (+ random erasing of one rectangle, p=0.5), ``wide``
-(conv width 64, hidden 512), ``w64`` (conv width 64, hidden 256), ``shift3`` (+-3 px shifts),
-``double`` (a stride-1 conv before each strided one), ``tail1`` (one more stride-1 conv, at
-7x7, after the strided ones), ``sphere`` (the decoder reads the
-L2-normalised code), ``nogain`` (no brightness jitter), ``gain:LOW:HIGH`` (another jitter
-range), ``nozoom`` (no zoom: the default before session 4), ``gamma`` (+ a random gamma in
-[1/1.5, 1.5]), ``rotate`` (+ rotations up to +-10 degrees). Each is relative to the current
-default: a variant measured in the README before a later default change was measured then.
+``base`` (the library's: with ``--use-labels`` no noise), ``erase`` (+ random
+erasing of one rectangle, p=0.5), ``wide`` (conv width 64, hidden 512), ``w64`` (conv width 64,
+hidden 256), ``shift3`` (+-3 px shifts), ``double`` (a stride-1 conv before each strided one),
+``tail1``/``tail2`` (one/two stride-1 convs at 7x7 after the strided ones), ``w48-tail1``
+(conv width 48 and tail1), ``nonoise``/``tail1-nonoise`` (without the Gaussian noise),
+``sphere`` (the decoder reads the L2-normalised code), ``nogain`` (no brightness jitter),
+``gain:LOW:HIGH`` (another jitter range), ``nozoom`` (no zoom: the default before session 4),
+``gamma`` (+ a random gamma in [1/1.5, 1.5]), ``rotate`` (+ rotations up to +-10 degrees). Each
+is relative to the unsupervised default (the noise, no tail conv): a variant measured in the
+README before a later default change was measured then.
 
 ``--contrast-weight W`` adds the library's InfoNCE term between two random views
 (``TrainConfig.contrast_weight``); ``--recalibrate-bn`` also scores the same trained encoder
@@ -79,10 +81,10 @@ def patch_variant(variant: str) -> None:
 
     original = models.build_model
 
-    def build_model(kind: str, code_size: int) -> Any:
+    def build_model(kind: str, code_size: int, tail_convs: int = 0, noise: Any = None) -> Any:
         if kind != "conv-denoising":
-            return original(kind, code_size)
-        return conv_denoising_variant(code_size, variant)
+            return original(kind, code_size, tail_convs, noise)
+        return conv_denoising_variant(code_size, variant)  # the variant's own tail convs
 
     models.build_model = build_model
 
@@ -102,8 +104,12 @@ def conv_denoising_variant(code_size: int, variant: str) -> Any:
         return _conv_denoising(code_size, extra_corruption=random_erasing())
     if variant == "double":
         return _conv_denoising(code_size, double=True)
-    if variant == "tail1":
-        return _conv_denoising(code_size, tail_convs=1)
+    if variant in ("tail1", "tail2"):
+        return _conv_denoising(code_size, tail_convs=int(variant[-1]))
+    if variant in ("nonoise", "tail1-nonoise"):
+        return _conv_denoising(code_size, tail_convs=int(variant == "tail1-nonoise"), noise=0.0)
+    if variant == "w48-tail1":
+        return _conv_denoising(code_size, width=48, tail_convs=1)
     if variant == "sphere":
         return spherical_decoder(_conv_denoising(code_size), code_size)
     if variant == "nogain":

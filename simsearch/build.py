@@ -163,7 +163,7 @@ def reuse_model(source_dir: Path, workdir: Path) -> TrainedModel:
     encoder_file = workdir / source.encoder_file.name
     shutil.copyfile(source.encoder_file, encoder_file)
     extra = []
-    for name in ("autoencoder.keras", "history.json", "training_curve.png"):
+    for name in ("autoencoder.keras", "encoder.keras", "history.json", "training_curve.png"):
         if name in source.extra_files:
             extra.append(workdir / name)
             shutil.copyfile(source.extra_files[name], workdir / name)

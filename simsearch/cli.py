@@ -95,6 +95,17 @@ def build_index_cmd(
             "off embeds twice as fast].",
         ),
     ] = None,
+    tail_convs: Annotated[
+        int,
+        typer.Option(help="conv-denoising: stride-1 convs at 7x7 after the strided ones (0-4)."),
+    ] = 0,
+    noise: Annotated[
+        float | None,
+        typer.Option(
+            help="conv-denoising: std of the training noise on [0, 1] pixels "
+            "[0.1; 0 with --use-labels]."
+        ),
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="Use only the first N items.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed (repeatable runs).")] = 0,
     loss: Annotated[str, typer.Option(help="bce or mse.")] = "bce",
@@ -149,6 +160,8 @@ def build_index_cmd(
                 epochs=epochs,
                 whiten=whiten,
                 mirror=mirror,
+                tail_convs=tail_convs,
+                noise=noise,
                 batch_size=batch_size,
                 loss=loss,
                 seed=seed,

@@ -220,7 +220,8 @@ def test_build_index_defaults_are_the_training_defaults() -> None:
     from simsearch.training import TrainConfig
 
     options = inspect.signature(build_index_cmd).parameters
-    names = ("model", "code_size", "epochs", "whiten", "mirror", "seed", "loss", "batch_size")
+    names = ("model", "code_size", "epochs", "whiten", "mirror", "tail_convs", "seed", "loss")
+    names += ("batch_size", "noise")
     for name in names:
         assert options[name].default == getattr(TrainConfig, name), name
 

@@ -1,11 +1,12 @@
 """Training internals with behaviour of their own: the brightness jitter, the contrastive term,
-the decoder refit, the mirror-averaged encoder, and that a conv-denoising autoencoder loads
-back."""
+the decoder refit, the mirror-averaged encoder, the tail convs, the defaults each kind fills in,
+and that a conv-denoising autoencoder loads back."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -115,3 +116,50 @@ def test_no_mirror_exports_the_plain_encoder(tmp_path: Path) -> None:
     assert not np.allclose(encoder.encode(images[:20]), encoder.encode(images[:20, :, ::-1]))
     with pytest.raises(ConfigError, match="--mirror needs an autoencoder"):
         TrainConfig(model="pca", mirror=True).validate()
+
+
+def test_effective_config_fills_in_each_kinds_defaults() -> None:
+    """What is trained (and recorded in the manifest's model section) for each "None = the
+    default" option; values given explicitly are kept."""
+
+    def filled(config: TrainConfig) -> tuple[Any, ...]:
+        effective = config.effective()
+        return (effective.whiten, effective.mirror, effective.tail_convs, effective.noise)
+
+    assert filled(TrainConfig()) == (0.25, True, 0, 0.1)
+    assert filled(TrainConfig(use_labels=True)) == (0.25, True, 0, 0.0)
+    assert filled(TrainConfig(model="pca")) == (0.0, False, 0, None)
+    assert filled(TrainConfig(model="dense", use_labels=True)) == (0.0, False, 0, None)
+    given = TrainConfig(use_labels=True, whiten=0.0, mirror=False, tail_convs=2, noise=0.05)
+    assert filled(given) == (0.0, False, 2, 0.05)
+
+
+def test_tail_convs_deepen_the_exported_encoder(tmp_path: Path) -> None:
+    from simsearch.encoders import load_encoder
+    from simsearch.models import load_autoencoder
+
+    images, _ = make_images(200, seed=3)
+    config = TrainConfig(code_size=8, epochs=1, batch_size=32, tail_convs=2)
+    trained = train(images, config, tmp_path)
+    assert trained.describe()["tail_convs"] == 2
+    strides = sorted(conv.strides for conv in convs(load_autoencoder(tmp_path / "encoder.keras")))
+    assert strides == [(1, 1), (1, 1), (2, 2), (2, 2)]
+    assert load_encoder(trained.encoder_file).encode(images[:3]).shape == (3, 8)
+    for bad, message in [
+        (TrainConfig(tail_convs=5), "between 0 and 4"),
+        (TrainConfig(model="dense", tail_convs=1), "needs --model conv-denoising"),
+        (TrainConfig(noise=0.6), "between 0 and 0.5"),
+        (TrainConfig(model="vae", noise=0.1), "needs --model conv-denoising"),
+        (TrainConfig(model="pca", whiten=0.25), "--whiten needs an autoencoder"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            bad.validate()
+
+
+def convs(layer: Any) -> list[Any]:
+    """The Conv2D layers of a Keras model, through its nested models."""
+    import keras
+
+    if isinstance(layer, keras.layers.Conv2D):
+        return [layer]
+    return [conv for inner in getattr(layer, "layers", []) for conv in convs(inner)]

@@ -35,7 +35,12 @@ def test_build_index_use_labels(fake_data_dir: Path, tmp_path: Path) -> None:
     manifest = json.loads((directory / "manifest.json").read_text())
     model = manifest["model"]
     assert model["use_labels"] is True and model["model"] == "conv-denoising"
-    assert model["whiten"] is None and manifest["build"]["train"]["use_labels"] is True
+    # The model section records what was trained (no noise in the corruption, half-whitened,
+    # mirror-averaged), the build section what was asked for (None = the mode's default).
+    trained = [model[name] for name in ("noise", "whiten", "mirror", "tail_convs")]
+    assert trained == [0.0, 0.25, True, 0]
+    assert manifest["build"]["train"]["use_labels"] is True
+    assert manifest["build"]["train"]["noise"] is None
     assert manifest["embedding_dim"] == 16 and manifest["count"] == 400
     from simsearch.search_index import SearchIndex
 
