@@ -47,7 +47,7 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "note": "shared sandbox: other jobs ran at the same time, timings are indicative",
+        "note": "timings depend on what else runs: see the load averages",
     }
 
 
@@ -211,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                 "baselines": baselines,
                 "models": models,
                 "seconds": round(time.perf_counter() - started, 1),
+                "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
             }
         )
     )
