@@ -162,11 +162,10 @@ def reuse_model(source_dir: Path, workdir: Path) -> TrainedModel:
     source = SearchIndex.load(source_dir)
     encoder_file = workdir / source.encoder_file.name
     shutil.copyfile(source.encoder_file, encoder_file)
-    extra = []
-    for name in ("autoencoder.keras", "encoder.keras", "history.json", "training_curve.png"):
-        if name in source.extra_files:
-            extra.append(workdir / name)
-            shutil.copyfile(source.extra_files[name], workdir / name)
+    extra = []  # every model file training wrote next to the encoder (SearchIndex.extra_files)
+    for name, path in source.extra_files.items():
+        extra.append(workdir / name)
+        shutil.copyfile(path, workdir / name)
     model = dict(source.manifest["model"])
     fields = {k: model[k] for k in TrainConfig.__dataclass_fields__ if k in model}
     return TrainedModel(

@@ -60,12 +60,11 @@ def build_model(
     kind: str, code_size: int, tail_convs: int = 0, noise: float | None = None
 ) -> Autoencoder:
     """Build an untrained autoencoder of the given kind (see MODEL_KINDS) and code size;
-    ``tail_convs`` and ``noise`` (None = DENOISING_NOISE): conv-denoising's (_conv_denoising)."""
+    ``tail_convs`` and ``noise`` (None = DENOISING_NOISE): conv-denoising's (_conv_denoising;
+    TrainConfig.validate refuses them for other kinds)."""
     noise = DENOISING_NOISE if noise is None else noise
     if code_size < 2 or code_size > 1024:
         raise ConfigError(f"--code-size must be between 2 and 1024, got {code_size}")
-    if (tail_convs or noise != DENOISING_NOISE) and kind != "conv-denoising":
-        raise ConfigError(f"--tail-convs and --noise need --model conv-denoising, got {kind!r}")
     builders = {
         "dense": lambda: _dense(code_size, (512, 128)),
         "deep": lambda: _dense(code_size, (1024, 512, 256, 128)),

@@ -275,18 +275,17 @@ def _train_keras(
     history = {key: [float(v) for v in values] for key, values in fitted.history.items()}
 
     encoder = model.encoder
-    power, mirror = config.whiten, config.mirror
-    if model.corrupt is not None or power or mirror:
+    if model.corrupt is not None or config.whiten or config.mirror:
         codes = encoder.predict(x, batch_size=1024, verbose=0)  # once, for the steps below
     if model.corrupt is not None:
         reporter.message("fitting the decoder to the codes of clean images ...")
         refit_decoder(model, codes[:-n_val], x_train, loss, config.batch_size)
-    if mirror:
+    if config.mirror:
         codes = (codes + encoder.predict(x[:, :, ::-1], batch_size=1024, verbose=0)) / 2
         encoder = mirror_averaged(encoder)
-    if power:
-        reporter.message(f"fitting the whitening (power {power}) on {len(x):,} codes ...")
-        encoder = fold_whitening(encoder, codes, power)
+    if config.whiten:
+        reporter.message(f"fitting the whitening (power {config.whiten}) on {len(x):,} codes ...")
+        encoder = fold_whitening(encoder, codes, config.whiten)
     encoder_path = workdir / "encoder.onnx"
     export_onnx(encoder, encoder_path)
     keras_encoder_path = workdir / "encoder.keras"  # the exported encoder, for parity checks
