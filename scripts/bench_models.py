@@ -122,7 +122,7 @@ def bench_one(
     entry = {
         **{k: v for k, v in result["model"].items() if k not in ("kind", "dim")},
         "reconstruction_mse": round(
-            reconstruction_mse(index.extra_files["autoencoder.keras"], test), 6
+            reconstruction_mse(index.model_file("autoencoder.keras"), test), 6
         ),
         "code_size": index.dim,
         "epochs_budget": epochs,

@@ -116,8 +116,8 @@ def main() -> None:
         f"{row.name} ({row.detail})": round(row.mse, 5) for row in recon.rows if row.mse is not None
     }
 
-    history_file = index.extra_files.get("history.json")
-    if history_file is not None:
+    if "history.json" in index.extra_files:
+        history_file = index.model_file("history.json")
         start = time.perf_counter()
         history = json.loads(history_file.read_text())
         loss = {"bce": "binary cross-entropy", "mse": "mean squared error"}.get(

@@ -15,7 +15,7 @@ import numpy as np
 from simsearch import storage
 from simsearch.data import CLASS_NAMES, item_id, load_split
 from simsearch.encoders import load_encoder, normalize
-from simsearch.errors import ConfigError, IndexExistsError
+from simsearch.errors import ConfigError, IndexCorruptError, IndexExistsError
 from simsearch.progress import Reporter
 from simsearch.search_index import SearchIndex
 from simsearch.training import TrainConfig, TrainedModel, train
@@ -157,15 +157,22 @@ def embed_catalog(encoder_file: Path, images: np.ndarray, reporter: Reporter) ->
     return out
 
 
-def reuse_model(source_dir: Path, workdir: Path) -> TrainedModel:
-    """Copy the (checksum-verified) model files of an existing index into ``workdir``."""
-    source = SearchIndex.load(source_dir)
+def reuse_model(source: SearchIndex, workdir: Path) -> TrainedModel:
+    """Copy the (checksum-verified) model files of a loaded index into ``workdir``."""
     encoder_file = workdir / source.encoder_file.name
-    shutil.copyfile(source.encoder_file, encoder_file)
+    encoder_file.write_bytes(source.encoder.data)  # verified when the index loaded
     extra = []  # every model file training wrote next to the encoder (SearchIndex.extra_files)
-    for name, path in source.extra_files.items():
-        extra.append(workdir / name)
-        shutil.copyfile(path, workdir / name)
+    for name, existing in source.extra_files.items():
+        target = workdir / name
+        try:
+            shutil.copyfile(existing.path, target)
+        except OSError as exc:
+            raise IndexCorruptError(f"{existing.path}: cannot read ({exc.strerror})") from None
+        if storage.sha256_file(target) != existing.sha256:
+            raise IndexCorruptError(
+                f"{existing.path}: sha256 does not match the manifest (file changed?)"
+            )
+        extra.append(target)
     model = dict(source.manifest["model"])
     fields = {k: model[k] for k in TrainConfig.__dataclass_fields__ if k in model}
     return TrainedModel(
@@ -193,13 +200,46 @@ def build_index(
     reporter = reporter or Reporter(quiet=True)
     if storage.has_index(index_dir) and not force:
         raise IndexExistsError(f"an index already exists at {index_dir}; use --force to replace it")
+    storage.check_target(index_dir, allow_foreign=force)
+    created = not index_dir.exists()
+    try:
+        # The writer lock is held for the whole build: an `add` meanwhile waits and then
+        # applies to the new index instead of being overwritten by it.
+        with storage.locked(index_dir, create=True, on_wait=reporter.waiting_for_writer(index_dir)):
+            return _build(config, index_dir, force, reporter, tensorboard_dir)
+    except BaseException:
+        if created:
+            _remove_if_only_lock(index_dir)
+        raise
 
+
+def _remove_if_only_lock(directory: Path) -> None:
+    """A build that failed leaves no folder it created behind."""
+    try:
+        if {p.name for p in directory.iterdir()} <= {storage.LOCK}:
+            (directory / storage.LOCK).unlink(missing_ok=True)
+            directory.rmdir()
+    except OSError:
+        pass
+
+
+def _build(
+    config: BuildConfig,
+    index_dir: Path,
+    force: bool,
+    reporter: Reporter,
+    tensorboard_dir: Path | None,
+) -> SearchIndex:
+    if storage.has_index(index_dir) and not force:  # made by a writer we waited for
+        raise IndexExistsError(f"an index already exists at {index_dir}; use --force to replace it")
+    # The model's index first: a broken or foreign one fails before any catalog is read.
+    source = SearchIndex.load(Path(config.model_from)) if config.model_from else None
     catalog = load_catalog(config, reporter)
     with tempfile.TemporaryDirectory(prefix="simsearch-build-") as tmp:
         workdir = Path(tmp)
-        if config.model_from:
+        if source is not None:
             reporter.message(f"catalog: {len(catalog.ids):,} items; model from {config.model_from}")
-            trained = reuse_model(Path(config.model_from), workdir)
+            trained = reuse_model(source, workdir)
         else:
             train_images = training_images(config, catalog)
             reporter.message(

@@ -7,6 +7,7 @@ used are skipped and reported, never abort the build.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,15 +35,33 @@ class FolderCatalog:
 
 
 def image_files(root: Path) -> list[Path]:
-    """Image files under ``root`` (recursive, sorted, hidden files and folders left out)."""
+    """Image files under ``root`` (recursive, sorted, hidden files and folders left out).
+
+    A symbolic link to a file counts only when it points inside ``root``, and linked folders
+    are not entered: a catalog never reads outside its folder (``/etc/...``).
+    """
+    root_real = root.resolve()
     files = []
-    for path in root.rglob("*"):
-        relative = path.relative_to(root)
-        if any(part.startswith(".") for part in relative.parts):
-            continue
-        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
-            files.append(path)
+    for folder, dirs, names in os.walk(root):
+        here = Path(folder)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in names:
+            path = here / name
+            if name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            if path.is_file() and _inside(path, root_real):
+                files.append(path)
     return sorted(files)
+
+
+def _inside(path: Path, root_real: Path) -> bool:
+    """``path`` is a real entry under ``root_real`` once symbolic links are resolved."""
+    if not path.is_symlink():
+        return True
+    try:
+        return path.resolve(strict=True).is_relative_to(root_real)
+    except (OSError, RuntimeError):  # a dangling or looping link
+        return False
 
 
 def load_folder(

@@ -54,6 +54,9 @@ def user_errors() -> Iterator[None]:
         yield
     except SimsearchError as exc:
         raise fail(_one_line(str(exc))) from None
+    except OSError as exc:  # a file system failure the library did not expect: still one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise fail(_one_line(f"{where}{exc.strerror or exc}")) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(130) from None
@@ -200,17 +203,20 @@ def add(
     index_dir: IndexDir = None,
     quiet: Quiet = False,
 ) -> None:
-    """Add images to an index without rebuilding it (ids: paths, relative to a folder catalog)."""
+    """Add images to an index without rebuilding it (ids: paths, relative to a folder catalog).
+
+    Unreadable files are skipped and listed (exit code 1 at the end); the others are added.
+    """
     with user_errors():
-        from simsearch.storage import locked
         from simsearch.updates import add_paths
 
-        directory = _index_dir(index_dir)
-        with locked(directory):
-            report = add_paths(directory, paths, quiet=quiet)
+        report = add_paths(_index_dir(index_dir), paths, quiet=quiet)
         for skipped in report.skipped:
-            typer.echo(f"error: {skipped}", err=True)
-        typer.echo(f"added {report.added} item(s); the index holds {report.count:,}")
+            typer.echo(f"error: {skipped['error']}", err=True)
+        summary = f"added {report.added} item(s); the index holds {report.count:,}"
+        if report.skipped:
+            summary += f"; skipped {len(report.skipped)} unreadable file(s)"
+        typer.echo(summary)
         if report.skipped:
             raise typer.Exit(1)
 
@@ -222,15 +228,29 @@ def remove(
 ) -> None:
     """Remove items by id (all or nothing: an unknown id removes none)."""
     with user_errors():
-        from simsearch.search_index import SearchIndex
-        from simsearch.storage import locked
+        from simsearch.updates import remove_ids
+
+        count = remove_ids(_index_dir(index_dir), ids)
+        typer.echo(f"removed {len(set(ids))} item(s); the index holds {count:,}")
+
+
+@app.command()
+def verify(index_dir: IndexDir = None) -> None:
+    """Check the manifest and every file of an index against its sha256 (exit 1 if any fails)."""
+    with user_errors():
+        from simsearch.storage import verify as verify_index
 
         directory = _index_dir(index_dir)
-        with locked(directory):
-            index = SearchIndex.load(directory)
-            index.remove(ids)
-            index.save(directory)
-        typer.echo(f"removed {len(set(ids))} item(s); the index holds {len(index):,}")
+        manifest, problems = verify_index(directory)
+        for problem in problems:
+            typer.echo(f"error: {_one_line(problem)}", err=True)
+        if problems:
+            raise fail(f"{directory}: {len(problems)} of {len(manifest['files'])} files fail")
+        total = sum(entry["bytes"] for entry in manifest["files"].values())
+        typer.echo(
+            f"ok: {directory}: manifest and {len(manifest['files'])} files verified "
+            f"({total:,} bytes, {manifest['count']:,} items)"
+        )
 
 
 @app.command()

@@ -8,6 +8,7 @@ unit vectors the cosine index stores.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,6 +22,7 @@ SMALL_BATCH = 64  # up to this many images, encode on one thread
 
 class Encoder(Protocol):
     dim: int
+    data: bytes  # the encoder file's content
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         """(n, 28, 28) uint8 -> (n, dim) float32 raw codes (not normalised)."""
@@ -34,8 +36,11 @@ class OnnxEncoder:
     more than the work) and, created on first use, a multi-threaded one for large batches.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, data: bytes | None = None) -> None:
         self.path = path
+        # The model is held in memory: the sessions made later (the large-batch one) do not
+        # reopen a file that a newer version of the index may have removed meanwhile.
+        self.data = path.read_bytes() if data is None else data
         self.session = self._session(threads=1)
         self._batch_session: Any = None
         self.input_name = self.session.get_inputs()[0].name
@@ -53,7 +58,7 @@ class OnnxEncoder:
         # No busy-waiting: on a shared machine spinning threads steal the cores they wait for.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            return ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+            return ort.InferenceSession(self.data, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise IndexCorruptError(f"{self.path}: not a loadable ONNX model ({exc})") from None
 
@@ -76,11 +81,13 @@ class OnnxEncoder:
 class LinearEncoder:
     """PCA projection: codes = (pixels / 255 - mean) @ components."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, data: bytes | None = None) -> None:
+        self.path = path
+        self.data = path.read_bytes() if data is None else data
         try:
-            with np.load(path, allow_pickle=False) as data:
-                self.mean = data["mean"].astype(np.float32)
-                self.components = data["components"].astype(np.float32)
+            with np.load(io.BytesIO(self.data), allow_pickle=False) as arrays:
+                self.mean = arrays["mean"].astype(np.float32)
+                self.components = arrays["components"].astype(np.float32)
         except Exception as exc:
             raise IndexCorruptError(f"{path}: not a readable PCA encoder ({exc})") from None
         if self.mean.shape != (784,) or self.components.shape[0] != 784:
@@ -92,12 +99,13 @@ class LinearEncoder:
         return (x - self.mean) @ self.components
 
 
-def load_encoder(path: Path) -> Encoder:
-    """The encoder stored at ``path`` (by suffix: .onnx or .npz)."""
+def load_encoder(path: Path, data: bytes | None = None) -> Encoder:
+    """The encoder stored at ``path`` (by suffix: .onnx or .npz); ``data``: its bytes, when the
+    caller has read them already."""
     if path.suffix == ".onnx":
-        return OnnxEncoder(path)
+        return OnnxEncoder(path, data)
     if path.suffix == ".npz":
-        return LinearEncoder(path)
+        return LinearEncoder(path, data)
     raise IndexCorruptError(f"{path}: unknown encoder format {path.suffix!r}")
 
 

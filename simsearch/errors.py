@@ -32,6 +32,16 @@ class IncompatibleIndexError(SimsearchError):
     """An index written by an unsupported format version or with a mismatching configuration."""
 
 
+class IndexChangedError(SimsearchError):
+    """The index on disk changed since it was loaded (another writer saved it): saving would
+    lose that change. Load it again and redo the change."""
+
+
+class IndexWriteError(SimsearchError, OSError):
+    """An index directory that cannot be written (read-only, disk full, ...); the index on disk
+    is unchanged."""
+
+
 class IndexExistsError(SimsearchError, FileExistsError):
     """Refusing to overwrite an existing index without --force."""
 

@@ -630,9 +630,7 @@ def reconstruct(
 
     linear = isinstance(index.encoder, LinearEncoder)
     if "autoencoder.keras" in index.extra_files:
-        recon = _autoencoder_reconstruct(
-            index.extra_files["autoencoder.keras"], originals, reporter
-        )
+        recon = _autoencoder_reconstruct(index.model_file("autoencoder.keras"), originals, reporter)
         name, detail = "autoencoder", f"{kind}, {dim}-d code"
     elif linear:
         encoder: Any = index.encoder

@@ -2,33 +2,38 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import mmap
 import os
+import threading
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from simsearch import storage, vector_index
+from simsearch import storage
 from simsearch.encoders import Encoder, load_encoder, normalize
 from simsearch.errors import (
     ConfigError,
     DuplicateIdError,
     IncompatibleIndexError,
+    IndexChangedError,
     IndexCorruptError,
     IndexExistsError,
     ItemNotFoundError,
 )
 from simsearch.hit import Hit
 from simsearch.images import ImageInput, preprocess, preprocess_array
+from simsearch.vector_index import VectorIndex
 
 MAX_K = 10_000
 # The files every index has (the encoder aside); anything else in the manifest is an extra.
 DATA_FILES = ("vectors.npy", "items.npz", "images.npy", "index.faiss", "faiss_rows.npy")
-# HNSW: removed items kept as tombstones up to this share of the graph, then it is rebuilt.
-MAX_TOMBSTONE_FRACTION = 0.1
+LOAD_ATTEMPTS = 3  # a writer may replace the version being read; then read the new one
 
 
 def default_index_dir() -> Path:
@@ -36,11 +41,96 @@ def default_index_dir() -> Path:
     return Path(os.environ.get("SIMSEARCH_INDEX_DIR") or "indexes/fashion-mnist")
 
 
+class StoredImages:
+    """The catalog images (n, 28, 28) uint8, memory-mapped from a file opened at load.
+
+    The mapping stays valid when a newer version of the index removes the file, so a loaded index
+    keeps answering from its own snapshot. The sha256 is checked on first use (it is the largest
+    file and not needed to search): through the open mapping, never by reopening the path.
+    """
+
+    def __init__(self, path: Path, sha256: str | None) -> None:
+        self.name = path.name
+        self._path = path
+        self._sha256 = sha256
+        self._lock = threading.Lock()
+        try:
+            with open(path, "rb") as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+                else:
+                    raise ValueError(f"npy version {version}")
+                offset = f.tell()
+                size = os.fstat(f.fileno()).st_size
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise IndexCorruptError(f"{path}: unreadable data file ({exc})") from None
+        if dtype != np.uint8 or fortran or len(shape) != 3 or tuple(shape[1:]) != (28, 28):
+            raise IndexCorruptError(f"{path}: expected (n, 28, 28) uint8 images")
+        if size != offset + int(np.prod(shape)):
+            raise IndexCorruptError(f"{path}: {size} bytes, not a whole (n, 28, 28) array")
+        self.array = np.ndarray(shape, np.uint8, buffer=self._map, offset=offset)
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def verified(self) -> np.ndarray:
+        """The images, once their sha256 matched the manifest; else IndexCorruptError."""
+        if self._sha256 is not None:
+            with self._lock:
+                if self._sha256 is not None:
+                    if hashlib.sha256(self._map).hexdigest() != self._sha256:
+                        raise IndexCorruptError(
+                            f"{self._path}: sha256 does not match the manifest (file changed?)"
+                        )
+                    self._sha256 = None
+        return self.array
+
+
+@dataclass(frozen=True, eq=False)
+class _Version:
+    """Everything a query reads, consistent with itself. Never changed: add and remove make a
+    new one and swap it in, so a query running in another thread keeps a whole version."""
+
+    vectors: np.ndarray
+    ids: np.ndarray
+    labels: np.ndarray
+    sources: np.ndarray
+    images: np.ndarray | StoredImages | None
+    vindex: VectorIndex
+    # Filled lazily: id -> row, and (id, label, label name, source) per row returned by queries.
+    row_index: dict[str, int] = field(default_factory=dict)
+    hit_fields: dict[int, tuple[str, int | None, str | None, str | None]] = field(
+        default_factory=dict
+    )
+
+    def row_of(self, item_id: str) -> int:
+        if not self.row_index and len(self.ids):
+            self.row_index.update((str(i), row) for row, i in enumerate(self.ids.tolist()))
+        row = self.row_index.get(item_id)
+        if row is None:
+            raise ItemNotFoundError(f"no item {item_id!r} in the index")
+        return row
+
+    def image_array(self) -> np.ndarray:
+        if self.images is None:
+            raise ConfigError("this index has no stored images")
+        if isinstance(self.images, StoredImages):
+            return self.images.verified()
+        return self.images
+
+
 class SearchIndex:
     """A searchable catalog of images.
 
-    Build one with :meth:`create` (see ``simsearch.build``), persist it with :meth:`save`, open it
-    with :meth:`load`. Vectors are L2-normalised codes; similarity is their inner product (cosine).
+    Build one with ``simsearch.build.build_index``, persist it with :meth:`save`, open it with
+    :meth:`load`. Vectors are L2-normalised codes; similarity is their inner product (cosine).
+
+    Thread safety: queries may run in any number of threads while another thread adds or
+    removes items; each query sees the index entirely before or entirely after the change.
     """
 
     def __init__(
@@ -52,9 +142,9 @@ class SearchIndex:
         ids: np.ndarray,
         labels: np.ndarray,
         sources: np.ndarray,
-        images: np.ndarray | None,
+        images: np.ndarray | StoredImages | None,
         manifest: dict[str, Any],
-        extra_files: dict[str, Path] | None = None,
+        extra_files: dict[str, Path] | dict[str, storage.Existing] | None = None,
         faiss_index: Any = None,
         directory: Path | None = None,
         faiss_rows: np.ndarray | None = None,
@@ -68,14 +158,13 @@ class SearchIndex:
             raise IndexCorruptError(f"inconsistent index: {len(images)} images for {n} ids")
         self.encoder = encoder
         self.encoder_file = encoder_file
-        self.vectors = vectors
-        self.ids = ids
-        self.labels = labels
-        self.sources = sources
-        self._images = images
-        self._images_unverified = False  # set by load(): checksum images.npy on first use
         self.manifest = manifest
-        self.extra_files = dict(extra_files or {})
+        self.extra_files: dict[str, storage.Existing] = {
+            name: source
+            if isinstance(source, storage.Existing)
+            else storage.Existing(source, storage.sha256_file(source))
+            for name, source in (extra_files or {}).items()
+        }
         self.directory = directory
         self.label_names: list[str] = list(manifest.get("catalog", {}).get("label_names") or [])
         self.dim = int(manifest["embedding_dim"])
@@ -87,28 +176,54 @@ class SearchIndex:
             raise IndexCorruptError(
                 f"encoder produces {encoder.dim}-d codes, the index holds {self.dim}-d vectors"
             )
-        index_conf = manifest["index"]
-        self.faiss_index = (
-            faiss_index
+        conf = manifest["index"]
+        params = conf.get("params") or {}
+        vindex = (
+            VectorIndex(faiss_index, conf["type"], params, faiss_rows)
             if faiss_index is not None
-            else vector_index.build(vectors, index_conf["type"], index_conf.get("params"))
+            else VectorIndex.build(vectors, conf["type"], params)
         )
-        # HNSW after removals: FAISS position -> catalog row, -1 for a removed item (tombstone).
-        self.faiss_rows = faiss_rows
-        positions = n if faiss_rows is None else len(faiss_rows)
-        if self.faiss_index.ntotal != positions or self.faiss_index.d != self.dim:
-            raise IndexCorruptError(
-                f"FAISS index holds {self.faiss_index.ntotal} x {self.faiss_index.d}, "
-                f"expected {positions} x {self.dim}"
-            )
-        if faiss_rows is not None and not np.array_equal(
-            np.sort(faiss_rows[faiss_rows >= 0]), np.arange(n)
-        ):
-            raise IndexCorruptError("faiss_rows.npy does not map the index onto its items")
-        self._tombstones: vector_index.Tombstones | None = None
-        self._row_of: dict[str, int] | None = None
-        # (id, label, label name, source) per row, filled as rows are returned by queries.
-        self._hit_fields: dict[int, tuple[str, int | None, str | None, str | None]] = {}
+        vindex.check(n, self.dim)
+        self._version = _Version(vectors, ids, labels, sources, images, vindex)
+        self._writing = threading.Lock()  # one change at a time; queries never wait for it
+        self._disk_digest: str | None = None  # the manifest this index was loaded from / saved
+
+    def __repr__(self) -> str:
+        where = f" at {str(self.directory)!r}" if self.directory is not None else ""
+        kind = self._version.vindex.kind
+        return f"<SearchIndex{where}: {len(self):,} items, {self.dim}-d, {kind}>"
+
+    # ------------------------------------------------------------------ the current version
+
+    @property
+    def vectors(self) -> np.ndarray:
+        return self._version.vectors
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self._version.ids
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self._version.labels
+
+    @property
+    def sources(self) -> np.ndarray:
+        return self._version.sources
+
+    @property
+    def faiss_index(self) -> Any:
+        return self._version.vindex.index
+
+    @property
+    def faiss_rows(self) -> np.ndarray | None:
+        return self._version.vindex.rows
+
+    @property
+    def images(self) -> np.ndarray:
+        """All catalog images (n, 28, 28) uint8 (memory-mapped when loaded; its checksum is
+        verified on first use)."""
+        return self._version.image_array()
 
     # ------------------------------------------------------------------ persistence
 
@@ -116,55 +231,75 @@ class SearchIndex:
     def load(cls, directory: str | os.PathLike[str], verify: bool = True) -> SearchIndex:
         """Open the index at ``directory``; checks the manifest, every file's sha256 and shapes.
 
-        ``images.npy`` (memory-mapped, not needed to search) is checksummed on its first use.
-
-        Raises IndexNotFoundError, IndexCorruptError or IncompatibleIndexError.
+        What a query needs is read (or mapped) now, so the loaded index keeps answering from
+        this snapshot whatever later writers do to the directory. ``images.npy`` is checksummed
+        on its first use. Raises IndexNotFoundError, IndexCorruptError or IncompatibleIndexError.
         """
         directory = Path(directory)
-        manifest = storage.read_manifest(directory)
+        for attempt in range(LOAD_ATTEMPTS):
+            manifest = storage.read_manifest(directory)
+            try:
+                return cls._load(directory, manifest, verify)
+            except IndexCorruptError:
+                # A writer may have replaced this version (and removed its files) meanwhile.
+                if attempt + 1 == LOAD_ATTEMPTS or _digest_on_disk(directory) in (
+                    None,
+                    storage.manifest_digest(manifest),
+                ):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @classmethod
+    def _load(cls, directory: Path, manifest: dict[str, Any], verify: bool) -> SearchIndex:
+        files = manifest["files"]
 
         def path(name: str) -> Path:
             return storage.file_path(directory, manifest, name, verify=verify)
 
         encoder_name = manifest["model"].get("encoder_file", "encoder.onnx")
-        encoder_file = path(encoder_name)
+        encoder_file = storage.file_path(directory, manifest, encoder_name, verify=False)
+        encoder_data = _read_checked(encoder_file, files[encoder_name], verify)
         made_with = manifest["model"].get("encoder_sha256")
-        if made_with and made_with != manifest["files"][encoder_name].get("sha256"):
+        if made_with and made_with != files[encoder_name].get("sha256"):
             raise IncompatibleIndexError(
                 f"{directory}: {encoder_name} is not the model the vectors were made with "
                 "(checksum differs); rebuild the index"
             )
+        for name in DATA_FILES[:4]:
+            if name not in files:
+                raise IndexCorruptError(f"{directory / storage.MANIFEST}: lists no file {name!r}")
         try:
             vectors = np.load(path("vectors.npy"), allow_pickle=False)
             with np.load(path("items.npz"), allow_pickle=False) as items:
                 ids, labels, sources = items["ids"], items["labels"], items["sources"]
-            # The images are memory-mapped and only needed to show items, not to search: their
-            # checksum (the largest file) is checked on first use, keeping it off a cold query.
-            images = np.load(
-                storage.file_path(directory, manifest, "images.npy", verify=False),
-                allow_pickle=False,
-                mmap_mode="r",
-            )
             faiss_rows = (
                 np.load(path("faiss_rows.npy"), allow_pickle=False)
-                if "faiss_rows.npy" in manifest["files"]
+                if "faiss_rows.npy" in files
                 else None
             )
         except IndexCorruptError:
             raise
         except Exception as exc:  # numpy raises ValueError/OSError/KeyError/zipfile errors
             raise IndexCorruptError(f"{directory}: unreadable data file ({exc})") from None
+        _check_items(directory, vectors, ids, labels, sources, faiss_rows)
         if len(ids) != manifest["count"]:
             raise IndexCorruptError(
                 f"{directory}: {len(ids)} items, the manifest says {manifest['count']}"
             )
+        images = StoredImages(
+            storage.file_path(directory, manifest, "images.npy", verify=False),
+            files["images.npy"]["sha256"] if verify else None,
+        )
+        from simsearch import vector_index
+
+        faiss_index = vector_index.load(path("index.faiss"))
         extra = {
-            name: directory / entry["path"]
-            for name, entry in manifest["files"].items()
+            name: storage.Existing(directory / entry["path"], entry["sha256"])
+            for name, entry in files.items()
             if name not in {encoder_name, *DATA_FILES}
         }
         index = cls(
-            encoder=load_encoder(encoder_file),
+            encoder=load_encoder(encoder_file, encoder_data),
             encoder_file=encoder_file,
             vectors=vectors,
             ids=ids,
@@ -173,61 +308,79 @@ class SearchIndex:
             images=images,
             manifest=manifest,
             extra_files=extra,
-            faiss_index=vector_index.load(path("index.faiss")),
+            faiss_index=faiss_index,
             directory=directory,
             faiss_rows=faiss_rows,
         )
-        index._images_unverified = verify
+        index._disk_digest = storage.manifest_digest(manifest)
         return index
 
     def save(self, directory: str | os.PathLike[str], force: bool = False) -> None:
-        """Write the index to ``directory`` atomically (see ``simsearch.storage``).
+        """Write the index to ``directory`` atomically (see ``simsearch.storage``), holding the
+        directory's writer lock.
 
         Replacing a different existing index needs ``force=True``; re-saving the directory this
-        index was loaded from does not.
+        index was loaded from does not, but raises IndexChangedError when another writer saved
+        it since (its change would be lost): load it again and redo the change.
         """
         directory = Path(directory)
-        same = self.directory is not None and self.directory.resolve() == directory.resolve()
-        if storage.has_index(directory) and not (force or same):
-            raise IndexExistsError(
-                f"an index already exists at {directory}; use --force to replace it"
-            )
-        images = np.asarray(self.images)  # verified first: a changed file is not copied on
+        same = self.directory is not None and _same_path(self.directory, directory)
+        with self._writing, storage.locked(directory, create=True):
+            if storage.has_index(directory):
+                if same and self._disk_digest is not None:
+                    if _digest_on_disk(directory) != self._disk_digest:
+                        raise IndexChangedError(
+                            f"the index at {directory} changed since it was loaded (another "
+                            "writer saved it); load it again and redo the change"
+                        )
+                elif not (force or same):
+                    raise IndexExistsError(
+                        f"an index already exists at {directory}; use --force to replace it"
+                    )
+            self._write(directory)
+
+    def _write(self, directory: Path) -> None:
+        version = self._version
+        images = version.image_array()  # verified first: a changed file is not copied on
+        encoder = self.encoder
         files: dict[str, storage.FileSource] = {
-            self.encoder_file.name: self.encoder_file,
-            "vectors.npy": lambda p: _save_npy(p, self.vectors),
-            "items.npz": lambda p: _save_items(p, self.ids, self.labels, self.sources),
+            self.encoder_file.name: lambda p: _write_bytes(p, encoder.data),
+            "vectors.npy": lambda p: _save_npy(p, version.vectors),
+            "items.npz": lambda p: _save_items(p, version.ids, version.labels, version.sources),
             "images.npy": lambda p: _save_npy(p, images),
-            "index.faiss": lambda p: vector_index.save(self.faiss_index, p),
+            "index.faiss": lambda p: _save_faiss(version.vindex.index, p),
             **self.extra_files,
         }
-        faiss_rows = self.faiss_rows
+        faiss_rows = version.vindex.rows
         if faiss_rows is not None:
             files["faiss_rows.npy"] = lambda p: _save_npy(p, faiss_rows)
         index_conf = {k: v for k, v in self.manifest["index"].items() if k != "tombstones"}
-        if faiss_rows is not None:
-            index_conf["tombstones"] = int(np.count_nonzero(faiss_rows < 0))
+        if version.vindex.tombstones:
+            index_conf["tombstones"] = version.vindex.tombstones
         manifest = {
             **self.manifest,
             "index": index_conf,
-            "count": len(self),
+            "count": len(version.ids),
             "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
+        manifest.pop("manifest_sha256", None)
+        manifest.setdefault("catalog", {})["label_names"] = list(self.label_names)
         self.manifest = storage.write_index(directory, files, manifest)
+        self._disk_digest = storage.manifest_digest(self.manifest)
         self.directory = directory
-        # Later saves link from the new generation, which stays valid after garbage collection.
         written = {
             name: directory / entry["path"] for name, entry in self.manifest["files"].items()
         }
         self.encoder_file = written[self.encoder_file.name]
-        # The encoder may have been opened from a temporary build folder that is about to go.
-        self.encoder = load_encoder(self.encoder_file)
-        self.extra_files = {name: written[name] for name in self.extra_files}
+        self.extra_files = {
+            name: storage.Existing(written[name], source.sha256)
+            for name, source in self.extra_files.items()
+        }
 
     # ------------------------------------------------------------------ queries
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self._version.ids)
 
     def embed(self, images: Sequence[ImageInput] | np.ndarray) -> np.ndarray:
         """Images (paths, bytes, PIL images or arrays) -> (n, d) float32 L2-normalised vectors.
@@ -238,21 +391,11 @@ class SearchIndex:
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """Preprocessed (n, 28, 28) uint8 pixels -> (n, d) float32 L2-normalised vectors."""
-        pixels = np.asarray(pixels)
-        if pixels.ndim != 3 or pixels.shape[1:] != (28, 28):
-            raise ConfigError(f"pixels must have shape (n, 28, 28), got {pixels.shape}")
-        return normalize(self.encoder.encode(pixels))
+        return normalize(self.encoder.encode(_check_pixels(pixels)))
 
     def search(self, vectors: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Low level: (n, d) float32 unit vectors -> scores (n, k'), rows (n, k')."""
-        if self.faiss_rows is None:
-            return vector_index.search(self.faiss_index, vectors, _check_k(k))
-        if self._tombstones is None:
-            self._tombstones = vector_index.Tombstones(self.faiss_rows < 0, len(self.faiss_rows))
-        scores, positions = vector_index.search(
-            self.faiss_index, vectors, _check_k(k), self._tombstones
-        )
-        return scores, np.where(positions >= 0, self.faiss_rows[np.maximum(positions, 0)], -1)
+        return self._version.vindex.search(vectors, _check_k(k))
 
     def query(self, image: ImageInput, k: int = 10) -> list[Hit]:
         """The k most similar catalog items to one image (path, bytes, PIL image or array)."""
@@ -266,35 +409,39 @@ class SearchIndex:
 
     def query_pixels(self, pixels: np.ndarray, k: int = 10) -> list[list[Hit]]:
         """Like :meth:`query_batch` for already preprocessed (n, 28, 28) uint8 pixels."""
-        return self._hit_lists(*self.search(self.embed_pixels(pixels), k))
+        version = self._version  # one version for the search and the hits
+        vectors = self.embed_pixels(pixels)
+        return self._hit_lists(version, *version.vindex.search(vectors, _check_k(k)))
 
-    def _hit_lists(self, scores: np.ndarray, rows: np.ndarray) -> list[list[Hit]]:
+    def _hit_lists(
+        self, version: _Version, scores: np.ndarray, rows: np.ndarray
+    ) -> list[list[Hit]]:
         """FAISS-shaped (n, k) scores and rows -> one list of Hits per query."""
         # Whole-batch numpy first, then one cheap Hit per result: at 10 hits per query,
         # building Hits is a large share of a batch's time.
         similarities = np.clip(scores, -1.0, 1.0).astype(np.float64)
         return [
-            self._hits(s, d, r)
+            self._hits(version, s, d, r)
             for s, d, r in zip(
                 similarities.tolist(), (1.0 - similarities).tolist(), rows.tolist(), strict=True
             )
         ]
 
     def _hits(
-        self, similarities: list[float], distances: list[float], rows: list[int]
+        self, version: _Version, similarities: list[float], distances: list[float], rows: list[int]
     ) -> list[Hit]:
         hits: list[Hit] = []
-        cached = self._hit_fields
+        cached = version.hit_fields
         for similarity, distance, row in zip(similarities, distances, rows, strict=True):
             if row < 0:  # FAISS filler: fewer neighbours than asked for
                 continue
             fields = cached.get(row)
             if fields is None:
                 fields = cached[row] = (
-                    str(self.ids[row]),
-                    self.label_of(row),
-                    self.label_name_of(row),
-                    str(self.sources[row]) or None,
+                    str(version.ids[row]),
+                    self._label(version, row),
+                    self._label_name(version, row),
+                    str(version.sources[row]) or None,
                 )
             item_id, label, label_name, source = fields
             hits.append(
@@ -313,48 +460,46 @@ class SearchIndex:
     ) -> None:
         """Embed and append items (in memory; :meth:`save` persists). No rebuild is needed.
 
+        Each image is preprocessed exactly as a query of it is, so an added item finds itself.
         Raises DuplicateIdError for an id already in the index (or twice in ``ids``), and
         InvalidImageError for an unusable image; on error nothing is added.
         """
-        pixels = _to_pixels(images)
+        self.add_pixels(_to_pixels(images), ids, labels, sources)
+
+    def add_pixels(
+        self,
+        pixels: np.ndarray,
+        ids: Sequence[str],
+        labels: Sequence[int | None] | None = None,
+        sources: Sequence[str | None] | None = None,
+    ) -> None:
+        """Like :meth:`add` for already preprocessed (n, 28, 28) uint8 pixels (stored as given)."""
+        pixels = _check_pixels(pixels)
         ids = [str(i) for i in ids]
         if len(ids) != len(pixels):
             raise ConfigError(f"{len(pixels)} images but {len(ids)} ids")
-        self._check_new_ids(ids)
         labels = list(labels) if labels is not None else [None] * len(ids)
         sources = list(sources) if sources is not None else [None] * len(ids)
         if not (len(labels) == len(sources) == len(ids)):
             raise ConfigError("ids, labels and sources must have the same length")
-        images = np.asarray(self.images)  # first: a corrupt images.npy must fail before changes
-        vectors = self.embed_pixels(pixels)
-        self.faiss_index.add(vectors)  # every index type here supports add
-        if self.faiss_rows is not None:  # new FAISS positions follow the old ones
-            new_rows = np.arange(len(self), len(self) + len(vectors), dtype=np.int64)
-            self.faiss_rows = np.concatenate([self.faiss_rows, new_rows])
-            self._tombstones = None
-        self.vectors = np.concatenate([self.vectors, vectors])
-        self.ids = np.concatenate([self.ids.astype(str), np.asarray(ids, dtype=str)])
         new_labels = np.asarray([-1 if label is None else int(label) for label in labels])
-        self.labels = np.concatenate([self.labels, new_labels.astype(np.int16)])
-        new_sources = np.asarray([s or "" for s in sources], dtype=str)
-        self.sources = np.concatenate([self.sources.astype(str), new_sources])
-        self._images = np.concatenate([images, pixels])
-        self._row_of = None
-        self._hit_fields = {}
-
-    def _check_new_ids(self, ids: list[str]) -> None:
-        seen: set[str] = set()
-        for item_id in ids:
-            if not item_id:
-                raise ConfigError("item ids must be non-empty strings")
-            if item_id in seen:
-                raise DuplicateIdError(f"id {item_id!r} is given twice")
-            seen.add(item_id)
-            try:
-                self.row_of(item_id)
-            except ItemNotFoundError:
-                continue
-            raise DuplicateIdError(f"id {item_id!r} is already in the index")
+        if len(new_labels) and (new_labels.min() < -1 or new_labels.max() > np.iinfo(np.int16).max):
+            raise ConfigError("labels must be None or integers between 0 and 32767")
+        with self._writing:
+            version = self._version
+            _check_new_ids(version, ids)
+            images = version.image_array()  # first: a corrupt images.npy fails before changes
+            vectors = self.embed_pixels(pixels)
+            self._version = _Version(
+                vectors=np.concatenate([version.vectors, vectors]),
+                ids=np.concatenate([version.ids.astype(str), np.asarray(ids, dtype=str)]),
+                labels=np.concatenate([version.labels, new_labels.astype(np.int16)]),
+                sources=np.concatenate(
+                    [version.sources.astype(str), np.asarray([s or "" for s in sources], str)]
+                ),
+                images=np.concatenate([images, pixels]),
+                vindex=version.vindex.added(vectors),
+            )
 
     def remove(self, ids: Sequence[str]) -> None:
         """Remove items by id (in memory; :meth:`save` persists).
@@ -362,59 +507,75 @@ class SearchIndex:
         Flat and IVF indexes are refilled from the stored vectors (IVF keeps its trained
         quantizer). HNSW, which cannot delete in FAISS, keeps removed items as tombstones that
         searches skip, and rebuilds its graph once they pass 10% of it.
-        Raises ItemNotFoundError (and removes nothing) when an id is unknown.
+        Raises ItemNotFoundError (and removes nothing) when an id is unknown, ConfigError when
+        every item would go (an index keeps at least one; delete its folder to drop it).
         """
-        rows = sorted({self.row_of(str(item_id)) for item_id in ids})
-        images = np.asarray(self.images)  # first: a corrupt images.npy must fail before changes
-        keep = np.ones(len(self), dtype=bool)
-        keep[rows] = False
-        new_row = np.cumsum(keep) - 1  # old row -> new row (-1 once removed)
-        new_row[~keep] = -1
-        positions = self.faiss_rows if self.faiss_rows is not None else np.arange(len(self))
-        self.vectors = np.ascontiguousarray(self.vectors[keep])
-        self.ids, self.labels, self.sources = self.ids[keep], self.labels[keep], self.sources[keep]
-        self._images = images[keep]
-        self._row_of = None
-        self._hit_fields = {}
-        conf = self.manifest["index"]
-        self._tombstones = None
-        if conf["type"] == "hnsw" and len(self.vectors):
-            mapped = np.where(positions >= 0, new_row[np.maximum(positions, 0)], -1)
-            tombstones = np.count_nonzero(mapped < 0)
-            if tombstones <= MAX_TOMBSTONE_FRACTION * len(mapped):
-                self.faiss_rows = mapped.astype(np.int64) if tombstones else None
-                return
-        self.faiss_rows = None
-        if conf["type"] == "ivf" and len(self.vectors):
-            self.faiss_index.reset()  # keeps the trained coarse quantizer
-            self.faiss_index.add(self.vectors)
-        else:
-            self.faiss_index = vector_index.build(self.vectors, conf["type"], conf.get("params"))
+        with self._writing:
+            version = self._version
+            rows = sorted({version.row_of(str(item_id)) for item_id in ids})
+            if rows and len(rows) == len(version.ids):
+                raise ConfigError(
+                    f"refusing to remove all {len(rows):,} items: an index keeps at least one "
+                    "(delete its folder to drop the whole index)"
+                )
+            images = version.image_array()  # first: a corrupt images.npy fails before changes
+            keep = np.ones(len(version.ids), dtype=bool)
+            keep[rows] = False
+            vectors = np.ascontiguousarray(version.vectors[keep])
+            self._version = _Version(
+                vectors=vectors,
+                ids=version.ids[keep],
+                labels=version.labels[keep],
+                sources=version.sources[keep],
+                images=images[keep],
+                vindex=version.vindex.removed(keep, vectors),
+            )
+
+    def model_file(self, name: str) -> Path:
+        """A file training left beside the encoder (``autoencoder.keras``, ``history.json``,
+        ...), checked against its sha256 before anything reads it.
+
+        Raises ItemNotFoundError when the index has no such file, IndexCorruptError when it
+        changed or is gone.
+        """
+        existing = self.extra_files.get(name)
+        if existing is None:
+            raise ItemNotFoundError(f"this index has no {name}")
+        try:
+            storage.check_file(existing.path, {"sha256": existing.sha256, "bytes": None})
+        except FileNotFoundError:
+            raise IndexCorruptError(
+                f"{existing.path}: listed in the manifest but missing"
+            ) from None
+        return existing.path
 
     # ------------------------------------------------------------------ items
 
     def label_of(self, row: int) -> int | None:
-        label = int(self.labels[row])
-        return None if label < 0 else label
+        return self._label(self._version, row)
 
     def label_name_of(self, row: int) -> str | None:
-        label = self.label_of(row)
+        return self._label_name(self._version, row)
+
+    @staticmethod
+    def _label(version: _Version, row: int) -> int | None:
+        label = int(version.labels[row])
+        return None if label < 0 else label
+
+    def _label_name(self, version: _Version, row: int) -> str | None:
+        label = self._label(version, row)
         if label is None or label >= len(self.label_names):
             return None
         return self.label_names[label]
 
     def row_of(self, item_id: str) -> int:
         """Catalog position of ``item_id``; raises ItemNotFoundError."""
-        if self._row_of is None:
-            self._row_of = {str(i): row for row, i in enumerate(self.ids.tolist())}
-        row = self._row_of.get(item_id)
-        if row is None:
-            raise ItemNotFoundError(f"no item {item_id!r} in the index")
-        return row
+        return self._version.row_of(item_id)
 
     def item_pixels(self, item_id: str) -> np.ndarray:
         """The catalog item's (28, 28) uint8 image as the model saw it."""
-        return np.asarray(self.images[self.row_of(item_id)])
+        version = self._version
+        return np.array(version.image_array()[version.row_of(item_id)])
 
     def item_png(self, item_id: str) -> bytes:
         """The catalog item as PNG bytes."""
@@ -424,21 +585,89 @@ class SearchIndex:
         Image.fromarray(self.item_pixels(item_id), mode="L").save(buffer, format="PNG")
         return buffer.getvalue()
 
-    @property
-    def images(self) -> np.ndarray:
-        """All catalog images (n, 28, 28) uint8 (memory-mapped when loaded)."""
-        if self._images is None:
-            raise ConfigError("this index has no stored images")
-        if self._images_unverified and self.directory is not None:
-            storage.file_path(self.directory, self.manifest, "images.npy", verify=True)
-            self._images_unverified = False
-        return self._images
+
+def _check_new_ids(version: _Version, ids: list[str]) -> None:
+    seen: set[str] = set()
+    for item_id in ids:
+        if not item_id:
+            raise ConfigError("item ids must be non-empty strings")
+        if item_id in seen:
+            raise DuplicateIdError(f"id {item_id!r} is given twice")
+        seen.add(item_id)
+        try:
+            version.row_of(item_id)
+        except ItemNotFoundError:
+            continue
+        raise DuplicateIdError(f"id {item_id!r} is already in the index")
+
+
+def _check_items(
+    directory: Path,
+    vectors: np.ndarray,
+    ids: np.ndarray,
+    labels: np.ndarray,
+    sources: np.ndarray,
+    faiss_rows: np.ndarray | None,
+) -> None:
+    """The loaded arrays have the dtypes and shapes the rest of simsearch relies on."""
+    problems = []
+    if vectors.dtype != np.float32 or vectors.ndim != 2:
+        problems.append(f"vectors {vectors.dtype} {vectors.shape}")
+    if ids.ndim != 1 or ids.dtype.kind != "U":
+        problems.append(f"ids {ids.dtype} {ids.shape}")
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        problems.append(f"labels {labels.dtype} {labels.shape}")
+    if sources.ndim != 1 or sources.dtype.kind != "U":
+        problems.append(f"sources {sources.dtype} {sources.shape}")
+    if faiss_rows is not None and (faiss_rows.ndim != 1 or faiss_rows.dtype.kind not in "iu"):
+        problems.append(f"faiss_rows {faiss_rows.dtype} {faiss_rows.shape}")
+    if problems:
+        raise IndexCorruptError(f"{directory}: unexpected data ({'; '.join(problems)})")
+
+
+def _read_checked(path: Path, entry: dict[str, Any], verify: bool) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise IndexCorruptError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if verify and (
+        len(data) != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"]
+    ):
+        raise IndexCorruptError(f"{path}: sha256 does not match the manifest (file changed?)")
+    return data
+
+
+def _digest_on_disk(directory: Path) -> str | None:
+    """The checksum of the manifest now on disk (None: none there, or unreadable)."""
+    import json
+
+    try:
+        manifest = json.loads((directory / storage.MANIFEST).read_bytes())
+    except (OSError, ValueError):
+        return None
+    return storage.manifest_digest(manifest) if isinstance(manifest, dict) else None
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
 
 
 def _check_k(k: int) -> int:
-    if not isinstance(k, int | np.integer) or k < 1 or k > MAX_K:
+    if not isinstance(k, int | np.integer) or isinstance(k, bool) or k < 1 or k > MAX_K:
         raise ConfigError(f"k must be an integer between 1 and {MAX_K}, got {k!r}")
     return int(k)
+
+
+def _check_pixels(pixels: np.ndarray) -> np.ndarray:
+    pixels = np.asarray(pixels)
+    if pixels.ndim != 3 or pixels.shape[1:] != (28, 28):
+        raise ConfigError(f"pixels must have shape (n, 28, 28), got {pixels.shape}")
+    if pixels.dtype != np.uint8:
+        raise ConfigError(f"pixels must be uint8, got {pixels.dtype}")
+    return pixels
 
 
 def _to_pixels(images: Sequence[ImageInput] | np.ndarray) -> np.ndarray:
@@ -455,6 +684,16 @@ def _to_pixels(images: Sequence[ImageInput] | np.ndarray) -> np.ndarray:
 def _save_npy(path: Path, array: np.ndarray) -> None:
     with open(path, "wb") as f:
         np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+
+
+def _save_faiss(index: Any, path: Path) -> None:
+    from simsearch import vector_index
+
+    vector_index.save(index, path)
 
 
 def _save_items(path: Path, ids: np.ndarray, labels: np.ndarray, sources: np.ndarray) -> None:

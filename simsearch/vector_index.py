@@ -4,6 +4,10 @@ Always 2-D in, 2-D out:
 ``search(index, vectors (n, d) float32, k) -> (scores (n, k'), rows (n, k'))`` with
 ``k' = min(k, ntotal)``; rows are positions in the catalog, ``-1`` where an approximate index
 found fewer than ``k'`` (the high-level layer drops those).
+
+:class:`VectorIndex` wraps one FAISS index with the map from its positions to catalog rows and
+never changes once built: :meth:`VectorIndex.added` and :meth:`VectorIndex.removed` return a new
+one (copy on write), so searches running in other threads always see a complete index.
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ INDEX_TYPES = ("flat", "hnsw", "ivf")
 AUTO = "auto"  # the default: a type chosen by catalog size, see choose_type
 SMALL_BATCH = 20  # below this many queries, search on one thread
 # Up to here exact search of one 64-d query costs under ~0.5 ms on one core; beyond, HNSW
-# answers in ~0.1 ms with recall@10 >= 0.998 (measured on 60,000 items, README "Performance").
+# answers in ~0.1 ms with recall@10 >= 0.998 (see scripts/README.md).
 FLAT_UP_TO = 20_000
 # Beyond here building HNSW takes too long on a small machine; IVF trains on a sample and adds
-# in one pass (README "Scale").
+# in one pass (see scripts/README.md, "Scale").
 HNSW_UP_TO = 2_000_000
+# HNSW: removed items kept as tombstones up to this share of the graph, then it is rebuilt.
+MAX_TOMBSTONE_FRACTION = 0.1
 
 
 def choose_type(index_type: str, count: int) -> str:
@@ -70,6 +76,8 @@ def build(
         index.hnsw.efConstruction = int(params["efConstruction"])
         index.hnsw.efSearch = int(params["efSearch"])
     elif index_type == "ivf":
+        if n == 0:
+            raise ConfigError("an IVF index needs vectors to train its lists on")
         nlist = int(min(params["nlist"], max(1, n // 39)))  # FAISS wants >= 39 points per list
         quantizer = faiss.IndexFlatIP(d)
         if params.get("pq_m"):
@@ -152,3 +160,94 @@ def load(path: Path) -> Any:
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
         raise IndexCorruptError(f"{path}: not a readable FAISS index ({first})") from None
+
+
+class VectorIndex:
+    """One FAISS index of a given type over the catalog rows, never changed once made.
+
+    ``rows`` maps FAISS positions to catalog rows (-1: a removed item an HNSW graph still holds);
+    ``None`` means position == row.
+    """
+
+    def __init__(
+        self, index: Any, kind: str, params: dict[str, Any], rows: np.ndarray | None = None
+    ) -> None:
+        self.index = index
+        self.kind = kind
+        self.params = dict(params)
+        self.rows = rows
+        self._tombstones = (
+            Tombstones(rows < 0, len(rows)) if rows is not None and (rows < 0).any() else None
+        )
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, kind: str, params: dict[str, Any]) -> VectorIndex:
+        return cls(build(vectors, kind, params), kind, params)
+
+    @property
+    def d(self) -> int:
+        return int(self.index.d)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def tombstones(self) -> int:
+        return self._tombstones.count if self._tombstones else 0
+
+    def check(self, count: int, dim: int) -> None:
+        """IndexCorruptError unless this index holds exactly ``count`` live ``dim``-d rows."""
+        positions = count if self.rows is None else len(self.rows)
+        if self.ntotal != positions or self.d != dim:
+            raise IndexCorruptError(
+                f"FAISS index holds {self.ntotal} x {self.d}, expected {positions} x {dim}"
+            )
+        if self.rows is not None and not np.array_equal(
+            np.sort(self.rows[self.rows >= 0]), np.arange(count)
+        ):
+            raise IndexCorruptError("faiss_rows.npy does not map the index onto its items")
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(n, d) unit vectors -> scores (n, k'), catalog rows (n, k'); -1 rows = no result."""
+        scores, positions = search(self.index, vectors, k, self._tombstones)
+        if self.rows is None:
+            return scores, positions
+        return scores, np.where(positions >= 0, self.rows[np.maximum(positions, 0)], -1)
+
+    def added(self, vectors: np.ndarray) -> VectorIndex:
+        """A new index with ``vectors`` appended as the next catalog rows."""
+        import faiss
+
+        clone = faiss.clone_index(self.index)
+        clone.add(np.ascontiguousarray(vectors, dtype=np.float32))
+        rows = self.rows
+        if rows is not None:  # new FAISS positions follow the old ones
+            live = int(np.count_nonzero(rows >= 0))
+            rows = np.concatenate([rows, np.arange(live, live + len(vectors), dtype=np.int64)])
+        return VectorIndex(clone, self.kind, self.params, rows)
+
+    def removed(self, keep: np.ndarray, vectors: np.ndarray) -> VectorIndex:
+        """A new index over the rows where ``keep`` is True; ``vectors`` are those rows' vectors.
+
+        Flat indexes are rebuilt, IVF refilled on its trained quantizer; HNSW keeps removed items
+        as tombstones that searches skip until they pass MAX_TOMBSTONE_FRACTION of the graph.
+        """
+        new_row = np.cumsum(keep) - 1  # old row -> new row (-1 once removed)
+        new_row[~keep] = -1
+        if self.kind == "hnsw" and len(vectors):
+            positions = self.rows if self.rows is not None else np.arange(len(keep))
+            mapped = np.where(positions >= 0, new_row[np.maximum(positions, 0)], -1)
+            tombstones = int(np.count_nonzero(mapped < 0))
+            if tombstones <= MAX_TOMBSTONE_FRACTION * len(mapped):
+                rows = mapped.astype(np.int64) if tombstones else None
+                return VectorIndex(self.index, self.kind, self.params, rows)
+        if self.kind == "ivf":
+            import faiss
+
+            clone = faiss.clone_index(self.index)
+            clone.reset()  # keeps the trained coarse quantizer
+            if len(vectors):
+                clone.add(np.ascontiguousarray(vectors, dtype=np.float32))
+            return VectorIndex(clone, self.kind, self.params)
+        return VectorIndex.build(vectors, self.kind, self.params)

@@ -322,6 +322,6 @@ def test_training_leaves_history_and_curve(dense_index_dir: Path) -> None:
     from simsearch.search_index import SearchIndex
 
     index = SearchIndex.load(dense_index_dir)
-    history = json.loads(index.extra_files["history.json"].read_text())
+    history = json.loads(index.model_file("history.json").read_text())
     assert len(history["loss"]) == len(history["val_loss"]) == 1
-    assert_png(index.extra_files["training_curve.png"], (600, 360))
+    assert_png(index.model_file("training_curve.png"), (600, 360))

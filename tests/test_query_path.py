@@ -56,7 +56,7 @@ def test_onnx_encoder_matches_keras(dense_index_dir: Path) -> None:
     index = SearchIndex.load(dense_index_dir)
     images = load_split("test", real_data_or_skip()).images[:1000]
     # encoder.keras is the exported encoder (with its folded whitening), saved next to the ONNX.
-    encoder = keras.models.load_model(index.extra_files["encoder.keras"])
+    encoder = keras.models.load_model(index.model_file("encoder.keras"))
     keras_vectors = normalize(np.asarray(encoder(images.astype("float32"))))
     onnx_vectors = index.embed_pixels(images)
     assert np.abs(keras_vectors - onnx_vectors).max() < 1e-4
