@@ -255,39 +255,69 @@ def verify(index_dir: IndexDir = None) -> None:
 
 @app.command()
 def query(
-    images: Annotated[list[str], typer.Argument(help="Image files to search with.")],
+    images: Annotated[
+        list[str] | None,
+        typer.Argument(help="Image files, or folders (searched recursively) to search with."),
+    ] = None,
     index_dir: IndexDir = None,
-    k: Annotated[int, typer.Option("-k", "--k", min=1, max=1000, help="Neighbours.")] = 10,
+    k: Annotated[int, typer.Option("-k", "--k", min=1, help="Neighbours (at most 1000).")] = 10,
+    label: Annotated[
+        list[str] | None,
+        typer.Option("--label", help="Only items of this class (name or id); repeatable."),
+    ] = None,
+    id_prefix: Annotated[
+        str | None, typer.Option(help="Only items whose id starts with this.")
+    ] = None,
+    min_similarity: Annotated[
+        float | None, typer.Option(help="Only hits at least this similar (-1 to 1).")
+    ] = None,
+    max_distance: Annotated[
+        float | None, typer.Option(help="Only hits at most this far (0 to 2).")
+    ] = None,
+    from_list: Annotated[
+        Path | None,
+        typer.Option(help="Also query the image paths in this file (one per line; '-' = stdin)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON Lines output.")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="CSV output, one row per hit.")] = False,
     grid: Annotated[
         Path | None,
         typer.Option(help="Also draw the results as a PNG grid, one block of lines per query."),
     ] = None,
 ) -> None:
-    """Print the nearest catalog neighbours of each image."""
+    """Print the nearest catalog neighbours of each image (as each one is answered)."""
     with user_errors():
-        from simsearch.errors import InvalidImageError
-        from simsearch.images import preprocess
-        from simsearch.search_index import SearchIndex
+        import numpy as np
 
+        from simsearch.errors import InvalidImageError
+        from simsearch.search_index import MAX_K, SearchIndex
+
+        if as_json and as_csv:
+            raise typer.BadParameter("choose one of --json and --csv")
+        if k > MAX_K:
+            raise typer.BadParameter(f"-k must be at most {MAX_K}, got {k}")
+        names = _query_names(images or [], from_list)
         if grid is not None:
             from simsearch import figures
 
             figures.check_writable(grid)  # fail before any work
         index = SearchIndex.load(_index_dir(index_dir))
+        filters: dict[str, Any] = {"labels": label or None, "id_prefix": id_prefix}
+        filters |= {"min_similarity": min_similarity, "max_distance": max_distance}
+        index.search(np.zeros((0, index.dim), np.float32), 1, **filters)  # checks the filters
+        output = _Output("json" if as_json else "csv" if as_csv else "table")
         failed = False
         rows = []
-        for name in images:  # one at a time: a bad image must not stop the others
+        for name in names:  # one at a time: a bad image must not stop the others
             try:
-                pixels = preprocess(name)
-                hits = index.query_pixels(pixels[None], k)[0]
+                answer = index.query_detail(name, k, **filters)
             except InvalidImageError as exc:
                 failed = True
-                _print_error(name, _one_line(str(exc)), as_json)
+                output.error(name, _one_line(str(exc)))
                 continue
-            _print_hits(name, hits, as_json, first=name == images[0])
+            output.hits(name, answer.hits)
             if grid is not None:
-                rows.append(figures.query_row(index, name, name, pixels, hits))
+                rows.append(figures.query_row(index, name, name, answer.pixels, answer.hits))
         if grid is not None and rows:
             figures.query_grid(rows, grid)
             typer.echo(f"wrote {grid}", err=True)  # stdout carries only results
@@ -295,32 +325,96 @@ def query(
             raise typer.Exit(1)
 
 
-def _print_error(name: str, message: str, as_json: bool) -> None:
-    if as_json:
-        typer.echo(json.dumps({"query": name, "error": message}))
-    typer.echo(f"error: {message}", err=True)
+def _query_names(images: list[str], from_list: Path | None) -> Iterator[str]:
+    """The query images: files as given, folders expanded (recursively, sorted), then the
+    paths listed in ``from_list`` (blank lines and ``#`` comments skipped). Checks the
+    arguments now; reads folders and the list as the queries are answered."""
+    from simsearch.catalog import image_files
+    from simsearch.errors import ConfigError
+
+    if not images and from_list is None:
+        raise typer.BadParameter("give image files or folders (or --from-list FILE)")
+    if from_list is not None and str(from_list) != "-" and not from_list.is_file():
+        raise ConfigError(f"--from-list {from_list}: no such file")
+
+    def names() -> Iterator[str]:
+        for name in images:
+            if Path(name).is_dir():
+                found = image_files(Path(name))
+                if not found:
+                    raise ConfigError(f"no image files under {name}")
+                yield from (str(path) for path in found)
+            else:
+                yield name
+        if from_list is not None:
+            stdin = str(from_list) == "-"
+            lines = sys.stdin if stdin else open(from_list, encoding="utf-8")  # noqa: SIM115
+            try:
+                for line in lines:
+                    line = line.strip()
+                    if line and not line.startswith("#"):
+                        yield line
+            finally:
+                if not stdin:
+                    lines.close()
+
+    return names()
 
 
-def _print_hits(name: str, hits: list[Hit], as_json: bool, first: bool) -> None:
-    if as_json:
-        results = [
-            hit.to_dict()
-            | {"similarity": round(hit.similarity, 6), "distance": round(hit.distance, 6)}
-            for hit in hits
-        ]
-        typer.echo(json.dumps({"query": name, "results": results}))
-        return
-    if not first:
-        typer.echo("")
-    typer.echo(f"query: {name}")
-    width = max([len(hit.id) for hit in hits] + [2])
-    typer.echo(f"{'rank':>4}  {'id':<{width}}  {'label':<12}  {'similarity':>10}  {'distance':>8}")
-    for hit in hits:
-        label = hit.label_name or ("-" if hit.label is None else str(hit.label))
+class _Output:
+    """Results as they come: a table per query, JSON Lines, or CSV rows (one per hit)."""
+
+    CSV_FIELDS = ("query", "rank", "id", "label", "label_name", "similarity", "distance", "source")
+
+    def __init__(self, style: str) -> None:
+        self.style = style
+        self.first = True
+        self.csv: Any = None
+        if style == "csv":
+            import csv
+
+            self.csv = csv.writer(sys.stdout, lineterminator="\n")
+            self.csv.writerow(self.CSV_FIELDS)
+
+    def error(self, name: str, message: str) -> None:
+        if self.style == "json":
+            typer.echo(json.dumps({"query": name, "error": message}))
+        typer.echo(f"error: {message}", err=True)
+
+    def hits(self, name: str, hits: list[Hit]) -> None:
+        if self.style == "json":
+            record = {"query": name, "results": [hit.to_dict() for hit in hits]}
+            typer.echo(json.dumps(record))
+        elif self.style == "csv":
+            for hit in hits:
+                fields = hit.to_dict()
+                self.csv.writerow([name, *(_csv_value(fields[f]) for f in self.CSV_FIELDS[1:])])
+            sys.stdout.flush()
+        else:
+            self._table(name, hits)
+        self.first = False
+
+    def _table(self, name: str, hits: list[Hit]) -> None:
+        if not self.first:
+            typer.echo("")
+        typer.echo(f"query: {name}")
+        if not hits:
+            typer.echo("no hits (nothing passes the filters and thresholds)")
+            return
+        width = max([len(hit.id) for hit in hits] + [2])
         typer.echo(
-            f"{hit.rank:>4}  {hit.id:<{width}}  {label:<12}  {hit.similarity:>10.4f}  "
-            f"{hit.distance:>8.4f}"
+            f"{'rank':>4}  {'id':<{width}}  {'label':<12}  {'similarity':>10}  {'distance':>8}"
         )
+        for hit in hits:
+            label = hit.label_name or ("-" if hit.label is None else str(hit.label))
+            typer.echo(
+                f"{hit.rank:>4}  {hit.id:<{width}}  {label:<12}  {hit.similarity:>10.4f}  "
+                f"{hit.distance:>8.4f}"
+            )
+
+
+def _csv_value(value: Any) -> Any:
+    return "" if value is None else value
 
 
 @app.command()

@@ -8,7 +8,9 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Hit:
-    """A catalog item found for a query. ``distance == 1 - similarity`` (cosine)."""
+    """A catalog item found for a query. ``distance == 1 - similarity`` (cosine), both rounded
+    to 6 decimals (what float32 embeddings can tell apart): an item found by its own image has
+    similarity 1.0 and distance 0.0. ``to_dict()`` gives the JSON object of ``query --json``."""
 
     rank: int  # 1 = most similar
     id: str
@@ -44,4 +46,5 @@ class Hit:
         return hit
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a dict (JSON-ready: ``json.dumps(hit.to_dict())``), in field order."""
         return asdict(self)

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
-from simsearch import storage
+from simsearch import storage, vector_index
 from simsearch.encoders import Encoder, load_encoder, normalize
 from simsearch.errors import (
     ConfigError,
@@ -30,9 +31,19 @@ from simsearch.hit import Hit
 from simsearch.images import ImageInput, preprocess, preprocess_array
 from simsearch.vector_index import VectorIndex
 
-MAX_K = 10_000
+MAX_K = 1000
+"""The most neighbours one query may ask for (library, CLI and server alike)."""
+# A filter that lets at most this many items through is answered by exact search over them:
+# cheaper than walking an index for the few that match (see scripts/bench_filters.py).
+EXACT_UP_TO = 8192
+MASKS_KEPT = 16  # filter masks cached per index version
+Floats = NDArray[np.float32]
+Rows = NDArray[np.int64]
 # The files every index has (the encoder aside); anything else in the manifest is an extra.
-DATA_FILES = ("vectors.npy", "items.npz", "images.npy", "index.faiss", "faiss_rows.npy")
+DATA_FILES = ("vectors.npy", "items.npz", "images.npy")  # and the FAISS index's files
+EXACT_BATCH = 256  # queries per block of exact search (a block's scores: 256 x catalog floats)
+# Array shapes taken as a batch of 28x28 images (besides (n, 28, 28)).
+IMAGE_SHAPES = ((28, 28), (28, 28, 1), (1, 28, 28), (784,))
 LOAD_ATTEMPTS = 3  # a writer may replace the version being read; then read the new one
 
 
@@ -90,6 +101,35 @@ class StoredImages:
         return self.array
 
 
+class _Closed:
+    """Stands in for the parts of a closed index: any use says so."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise ConfigError("this index is closed")
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """One answered query: the model input the image became, and its hits."""
+
+    pixels: NDArray[np.uint8]  # (28, 28), as simsearch.images.preprocess made it
+    hits: list[Hit]
+
+
+@dataclass(frozen=True)
+class _Where:
+    """Which catalog items a search may return, and the similarity under which none."""
+
+    labels: tuple[int, ...] | None = None
+    id_prefix: str | None = None
+    exclude_ids: frozenset[str] = frozenset()
+    min_similarity: float | None = None
+
+    @property
+    def filters(self) -> tuple[Any, ...]:
+        return (self.labels, self.id_prefix, self.exclude_ids)
+
+
 @dataclass(frozen=True, eq=False)
 class _Version:
     """Everything a query reads, consistent with itself. Never changed: add and remove make a
@@ -100,12 +140,13 @@ class _Version:
     labels: np.ndarray
     sources: np.ndarray
     images: np.ndarray | StoredImages | None
-    vindex: VectorIndex
+    vindex: vector_index.Searcher
     # Filled lazily: id -> row, and (id, label, label name, source) per row returned by queries.
     row_index: dict[str, int] = field(default_factory=dict)
     hit_fields: dict[int, tuple[str, int | None, str | None, str | None]] = field(
         default_factory=dict
     )
+    masks: dict[tuple[Any, ...], NDArray[np.bool_]] = field(default_factory=dict)
 
     def row_of(self, item_id: str) -> int:
         if not self.row_index and len(self.ids):
@@ -114,6 +155,32 @@ class _Version:
         if row is None:
             raise ItemNotFoundError(f"no item {item_id!r} in the index")
         return row
+
+    def allowed(self, where: _Where) -> NDArray[np.bool_] | None:
+        """Bool mask of the rows the filters let through (None: no filter); cached."""
+        if where.filters == (None, None, frozenset()):
+            return None
+        mask = self.masks.get(where.filters)
+        if mask is None:
+            mask = np.ones(len(self.ids), dtype=bool)
+            if where.labels is not None:
+                mask &= np.isin(self.labels, where.labels)
+            if where.id_prefix is not None:
+                mask &= np.char.startswith(self.ids, where.id_prefix)
+            for item_id in where.exclude_ids:
+                row = self.row_index_of(item_id)
+                if row is not None:
+                    mask[row] = False
+            if len(self.masks) >= MASKS_KEPT:
+                self.masks.pop(next(iter(self.masks)))
+            self.masks[where.filters] = mask
+        return mask
+
+    def row_index_of(self, item_id: str) -> int | None:
+        try:
+            return self.row_of(item_id)
+        except ItemNotFoundError:
+            return None
 
     def image_array(self) -> np.ndarray:
         if self.images is None:
@@ -148,6 +215,7 @@ class SearchIndex:
         faiss_index: Any = None,
         directory: Path | None = None,
         faiss_rows: np.ndarray | None = None,
+        searcher: vector_index.Searcher | None = None,
     ) -> None:
         n = len(ids)
         if not (len(vectors) == len(labels) == len(sources) == n):
@@ -178,17 +246,43 @@ class SearchIndex:
             )
         conf = manifest["index"]
         params = conf.get("params") or {}
-        vindex = (
-            VectorIndex(faiss_index, conf["type"], params, faiss_rows)
-            if faiss_index is not None
-            else VectorIndex.build(vectors, conf["type"], params)
-        )
+        if searcher is not None:
+            vindex = searcher
+        elif faiss_index is not None:
+            vindex = VectorIndex(faiss_index, conf["type"], params, faiss_rows)
+        else:
+            vindex = VectorIndex.build(vectors, conf["type"], params)
         vindex.check(n, self.dim)
         self._version = _Version(vectors, ids, labels, sources, images, vindex)
         self._writing = threading.Lock()  # one change at a time; queries never wait for it
         self._disk_digest: str | None = None  # the manifest this index was loaded from / saved
+        self._unsaved = False  # changed in memory since it was loaded or saved
+
+    def __enter__(self) -> SearchIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Let go of the encoder sessions, the mapped images and the FAISS index now (they go
+        anyway when the object is collected); any later use raises ConfigError."""
+        self.encoder = _Closed()
+        self._version = _Closed()  # type: ignore[assignment]
+
+    def __getstate__(self) -> dict[str, Any]:
+        """An index is pickled as the directory it was loaded from (a process pool started
+        with spawn gets it that way), and loaded again on the other side."""
+        if self.directory is None or self._unsaved:
+            raise ConfigError("only a saved, unchanged index can be pickled: save() it first")
+        return {"directory": str(self.directory)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(SearchIndex.load(state["directory"]).__dict__)
 
     def __repr__(self) -> str:
+        if isinstance(self._version, _Closed):
+            return "<SearchIndex: closed>"
         where = f" at {str(self.directory)!r}" if self.directory is not None else ""
         kind = self._version.vindex.kind
         return f"<SearchIndex{where}: {len(self):,} items, {self.dim}-d, {kind}>"
@@ -212,12 +306,20 @@ class SearchIndex:
         return self._version.sources
 
     @property
+    def searcher(self) -> vector_index.Searcher:
+        """The FAISS part: one :class:`VectorIndex`, or a :class:`ShardedIndex`."""
+        return self._version.vindex
+
+    @property
     def faiss_index(self) -> Any:
-        return self._version.vindex.index
+        """The FAISS index (None for a sharded index: see :attr:`searcher`)."""
+        vindex = self._version.vindex
+        return vindex.index if isinstance(vindex, VectorIndex) else None
 
     @property
     def faiss_rows(self) -> np.ndarray | None:
-        return self._version.vindex.rows
+        vindex = self._version.vindex
+        return vindex.rows if isinstance(vindex, VectorIndex) else None
 
     @property
     def images(self) -> np.ndarray:
@@ -265,23 +367,18 @@ class SearchIndex:
                 f"{directory}: {encoder_name} is not the model the vectors were made with "
                 "(checksum differs); rebuild the index"
             )
-        for name in DATA_FILES[:4]:
+        for name in DATA_FILES:
             if name not in files:
                 raise IndexCorruptError(f"{directory / storage.MANIFEST}: lists no file {name!r}")
         try:
             vectors = np.load(path("vectors.npy"), allow_pickle=False)
             with np.load(path("items.npz"), allow_pickle=False) as items:
                 ids, labels, sources = items["ids"], items["labels"], items["sources"]
-            faiss_rows = (
-                np.load(path("faiss_rows.npy"), allow_pickle=False)
-                if "faiss_rows.npy" in files
-                else None
-            )
         except IndexCorruptError:
             raise
         except Exception as exc:  # numpy raises ValueError/OSError/KeyError/zipfile errors
             raise IndexCorruptError(f"{directory}: unreadable data file ({exc})") from None
-        _check_items(directory, vectors, ids, labels, sources, faiss_rows)
+        _check_items(directory, vectors, ids, labels, sources)
         if len(ids) != manifest["count"]:
             raise IndexCorruptError(
                 f"{directory}: {len(ids)} items, the manifest says {manifest['count']}"
@@ -290,13 +387,11 @@ class SearchIndex:
             storage.file_path(directory, manifest, "images.npy", verify=False),
             files["images.npy"]["sha256"] if verify else None,
         )
-        from simsearch import vector_index
-
-        faiss_index = vector_index.load(path("index.faiss"))
+        searcher = vector_index.open_searcher(manifest["index"], files, path)
         extra = {
             name: storage.Existing(directory / entry["path"], entry["sha256"])
             for name, entry in files.items()
-            if name not in {encoder_name, *DATA_FILES}
+            if name not in {encoder_name, *DATA_FILES} and not vector_index.is_index_file(name)
         }
         index = cls(
             encoder=load_encoder(encoder_file, encoder_data),
@@ -308,9 +403,8 @@ class SearchIndex:
             images=images,
             manifest=manifest,
             extra_files=extra,
-            faiss_index=faiss_index,
             directory=directory,
-            faiss_rows=faiss_rows,
+            searcher=searcher,
         )
         index._disk_digest = storage.manifest_digest(manifest)
         return index
@@ -348,18 +442,12 @@ class SearchIndex:
             "vectors.npy": lambda p: _save_npy(p, version.vectors),
             "items.npz": lambda p: _save_items(p, version.ids, version.labels, version.sources),
             "images.npy": lambda p: _save_npy(p, images),
-            "index.faiss": lambda p: _save_faiss(version.vindex.index, p),
+            **vector_index.file_writers(version.vindex),
             **self.extra_files,
         }
-        faiss_rows = version.vindex.rows
-        if faiss_rows is not None:
-            files["faiss_rows.npy"] = lambda p: _save_npy(p, faiss_rows)
-        index_conf = {k: v for k, v in self.manifest["index"].items() if k != "tombstones"}
-        if version.vindex.tombstones:
-            index_conf["tombstones"] = version.vindex.tombstones
         manifest = {
             **self.manifest,
-            "index": index_conf,
+            "index": vector_index.describe(version.vindex),
             "count": len(version.ids),
             "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
@@ -367,6 +455,7 @@ class SearchIndex:
         manifest.setdefault("catalog", {})["label_names"] = list(self.label_names)
         self.manifest = storage.write_index(directory, files, manifest)
         self._disk_digest = storage.manifest_digest(self.manifest)
+        self._unsaved = False
         self.directory = directory
         written = {
             name: directory / entry["path"] for name, entry in self.manifest["files"].items()
@@ -382,48 +471,179 @@ class SearchIndex:
     def __len__(self) -> int:
         return len(self._version.ids)
 
-    def embed(self, images: Sequence[ImageInput] | np.ndarray) -> np.ndarray:
+    def embed(self, images: Sequence[ImageInput] | np.ndarray) -> Floats:
         """Images (paths, bytes, PIL images or arrays) -> (n, d) float32 L2-normalised vectors.
 
-        A numpy array of shape (n, 28, 28) is taken as n images. Raises InvalidImageError.
+        An array of shape (n, 28, 28), (n, 28, 28, 1), (n, 1, 28, 28) or (n, 784) is taken as n
+        images; an empty batch gives an empty (0, d) result. Raises InvalidImageError.
         """
         return self.embed_pixels(_to_pixels(images))
 
-    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+    def embed_pixels(self, pixels: np.ndarray) -> Floats:
         """Preprocessed (n, 28, 28) uint8 pixels -> (n, d) float32 L2-normalised vectors."""
-        return normalize(self.encoder.encode(_check_pixels(pixels)))
+        pixels = _check_pixels(pixels)
+        if not len(pixels):
+            return np.zeros((0, self.dim), np.float32)
+        return normalize(self.encoder.encode(pixels))
 
-    def search(self, vectors: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """Low level: (n, d) float32 unit vectors -> scores (n, k'), rows (n, k')."""
-        return self._version.vindex.search(vectors, _check_k(k))
+    def search(
+        self,
+        vectors: np.ndarray,
+        k: int = 10,
+        *,
+        labels: Sequence[int | str] | None = None,
+        id_prefix: str | None = None,
+        exclude_ids: Sequence[str] | None = None,
+        min_similarity: float | None = None,
+        max_distance: float | None = None,
+    ) -> tuple[Floats, Rows]:
+        """Low level, FAISS-shaped: (n, d) float32 unit vectors -> similarities (n, k'),
+        catalog rows (n, k') with k' = min(k, items that pass the filters), best first.
 
-    def query(self, image: ImageInput, k: int = 10) -> list[Hit]:
-        """The k most similar catalog items to one image (path, bytes, PIL image or array)."""
-        return self.query_batch([image], k)[0]
+        Rows are -1 (similarity NaN) where a query has fewer results than k' (a similarity
+        threshold cut it short); :meth:`ids_for` turns rows into ids. Filters and thresholds
+        as in :meth:`query`.
+        """
+        where = self._where(labels, id_prefix, exclude_ids, min_similarity, max_distance)
+        return self._search(self._version, _check_vectors(vectors, self.dim), _check_k(k), where)
+
+    def search_arrays(
+        self,
+        images_or_vectors: Sequence[ImageInput] | np.ndarray,
+        k: int = 10,
+        **filters: Any,
+    ) -> tuple[NDArray[np.str_], Floats]:
+        """For pipelines: images, or (n, d) float vectors (normalised here), -> ``(ids,
+        similarities)`` numpy arrays of shape (n, k'): ids as strings ("" where a query has
+        fewer results), similarities float32 (NaN there). Filters as in :meth:`query`."""
+        version = self._version
+        data = images_or_vectors
+        if (
+            isinstance(data, np.ndarray)
+            and data.dtype.kind == "f"
+            and data.shape[-1:] == (self.dim,)
+        ):
+            vectors = normalize(_check_vectors(data, self.dim))
+        else:
+            vectors = self.embed(data)
+        where = self._where(**filters)
+        scores, rows = self._search(version, vectors, _check_k(k), where)
+        return _ids_of(version, rows), scores
+
+    def ids_for(self, rows: np.ndarray) -> NDArray[np.str_]:
+        """Catalog rows (any shape, as :meth:`search` returns them) -> ids; "" for -1."""
+        return _ids_of(self._version, np.asarray(rows))
+
+    def query_detail(self, image: ImageInput, k: int = 10, **filters: Any) -> QueryResult:
+        """Like :meth:`query`, with the (28, 28) uint8 model input the image became: the one
+        query path the CLI and the server share."""
+        pixels = preprocess(image)
+        return QueryResult(pixels, self.query_pixels(pixels[None], k, **filters)[0])
+
+    def query(self, image: ImageInput, k: int = 10, **filters: Any) -> list[Hit]:
+        """The k most similar catalog items to one image (path, bytes, PIL image or array).
+
+        Filters (applied inside the index search, so k hits come back whenever k items pass):
+        ``labels`` (class names or ids), ``id_prefix`` (ids starting with it), ``exclude_ids``;
+        thresholds ``min_similarity`` (in [-1, 1]) or ``max_distance`` (in [0, 2]), under which
+        fewer than k hits is a normal answer. A filter that matches nothing gives [].
+        """
+        return self.query_batch([image], k, **filters)[0]
 
     def query_batch(
-        self, images: Sequence[ImageInput] | np.ndarray, k: int = 10
+        self, images: Sequence[ImageInput] | np.ndarray, k: int = 10, **filters: Any
     ) -> list[list[Hit]]:
         """One list of hits per image, in the order given. Raises InvalidImageError."""
-        return self.query_pixels(_to_pixels(images), k)
+        return self.query_pixels(_to_pixels(images), k, **filters)
 
-    def query_pixels(self, pixels: np.ndarray, k: int = 10) -> list[list[Hit]]:
+    def query_pixels(self, pixels: np.ndarray, k: int = 10, **filters: Any) -> list[list[Hit]]:
         """Like :meth:`query_batch` for already preprocessed (n, 28, 28) uint8 pixels."""
         version = self._version  # one version for the search and the hits
+        where = self._where(**filters)
+        k = _check_k(k)
         vectors = self.embed_pixels(pixels)
-        return self._hit_lists(version, *version.vindex.search(vectors, _check_k(k)))
+        return self._hit_lists(version, *self._search(version, vectors, k, where))
+
+    # ------------------------------------------------------------------ search internals
+
+    def _where(
+        self,
+        labels: Sequence[int | str] | None = None,
+        id_prefix: str | None = None,
+        exclude_ids: Sequence[str] | None = None,
+        min_similarity: float | None = None,
+        max_distance: float | None = None,
+    ) -> _Where:
+        """Checked filters and threshold (ConfigError on a bad value)."""
+        label_ids = None
+        if labels is not None:
+            if isinstance(labels, str | int):
+                labels = [labels]
+            label_ids = tuple(sorted({self._label_id(label) for label in labels}))
+        if id_prefix is not None and not isinstance(id_prefix, str):
+            raise ConfigError(f"id_prefix must be a string, got {id_prefix!r}")
+        if isinstance(exclude_ids, str):
+            exclude_ids = [exclude_ids]
+        threshold = None
+        if min_similarity is not None:
+            threshold = _check_number(min_similarity, -1.0, 1.0, "min_similarity")
+        if max_distance is not None:
+            from_distance = 1.0 - _check_number(max_distance, 0.0, 2.0, "max_distance")
+            threshold = from_distance if threshold is None else max(threshold, from_distance)
+        return _Where(label_ids, id_prefix or None, frozenset(exclude_ids or ()), threshold)
+
+    def _label_id(self, label: int | str) -> int:
+        if isinstance(label, int | np.integer) and not isinstance(label, bool):
+            number = int(label)
+        elif isinstance(label, str) and label in self.label_names:
+            return self.label_names.index(label)
+        elif isinstance(label, str) and label.strip().isdigit():
+            number = int(label)
+        else:
+            known = ", ".join(self.label_names) or "none (this catalog has no labels)"
+            raise ConfigError(f"unknown label {label!r}; this index knows: {known}")
+        if number < 0 or (self.label_names and number >= len(self.label_names)):
+            raise ConfigError(
+                f"label id {number} out of range (0-{max(len(self.label_names) - 1, 0)})"
+            )
+        return number
+
+    def _search(
+        self, version: _Version, vectors: Floats, k: int, where: _Where
+    ) -> tuple[Floats, Rows]:
+        n = len(vectors)
+        allowed = version.allowed(where)
+        candidates = None if allowed is None else np.flatnonzero(allowed)
+        available = len(version.ids) if candidates is None else len(candidates)
+        k = min(k, available)
+        if k == 0 or n == 0:
+            return np.zeros((n, k), np.float32), np.zeros((n, k), np.int64)
+        if candidates is not None and available <= EXACT_UP_TO:
+            scores, rows = _exact(version.vectors, vectors, k, candidates)
+        else:
+            scores, rows = version.vindex.search(vectors, k, allowed)
+            short = np.flatnonzero((rows < 0).any(axis=1))
+            if len(short):  # the approximate search came back with fewer than k: complete it
+                scores[short], rows[short] = _exact(version.vectors, vectors[short], k, candidates)
+        scores = np.clip(scores, -1.0, 1.0)
+        if where.min_similarity is not None:
+            below = scores < where.min_similarity
+            scores[below], rows[below] = np.nan, -1
+        return scores, rows
 
     def _hit_lists(
         self, version: _Version, scores: np.ndarray, rows: np.ndarray
     ) -> list[list[Hit]]:
         """FAISS-shaped (n, k) scores and rows -> one list of Hits per query."""
         # Whole-batch numpy first, then one cheap Hit per result: at 10 hits per query,
-        # building Hits is a large share of a batch's time.
-        similarities = np.clip(scores, -1.0, 1.0).astype(np.float64)
+        # building Hits is a large share of a batch's time. Similarities are rounded to what
+        # float32 vectors can tell apart (6 decimals): an item matched with itself is 1.0.
+        similarities = np.round(scores.astype(np.float64), 6)
+        distances = np.round(1.0 - similarities, 6)
         return [
             self._hits(version, s, d, r)
             for s, d, r in zip(
-                similarities.tolist(), (1.0 - similarities).tolist(), rows.tolist(), strict=True
+                similarities.tolist(), distances.tolist(), rows.tolist(), strict=True
             )
         ]
 
@@ -433,7 +653,7 @@ class SearchIndex:
         hits: list[Hit] = []
         cached = version.hit_fields
         for similarity, distance, row in zip(similarities, distances, rows, strict=True):
-            if row < 0:  # FAISS filler: fewer neighbours than asked for
+            if row < 0:  # no result (cut by a threshold)
                 continue
             fields = cached.get(row)
             if fields is None:
@@ -500,6 +720,7 @@ class SearchIndex:
                 images=np.concatenate([images, pixels]),
                 vindex=version.vindex.added(vectors),
             )
+            self._unsaved = True
 
     def remove(self, ids: Sequence[str]) -> None:
         """Remove items by id (in memory; :meth:`save` persists).
@@ -530,6 +751,7 @@ class SearchIndex:
                 images=images[keep],
                 vindex=version.vindex.removed(keep, vectors),
             )
+            self._unsaved = True
 
     def model_file(self, name: str) -> Path:
         """A file training left beside the encoder (``autoencoder.keras``, ``history.json``,
@@ -607,7 +829,6 @@ def _check_items(
     ids: np.ndarray,
     labels: np.ndarray,
     sources: np.ndarray,
-    faiss_rows: np.ndarray | None,
 ) -> None:
     """The loaded arrays have the dtypes and shapes the rest of simsearch relies on."""
     problems = []
@@ -619,8 +840,6 @@ def _check_items(
         problems.append(f"labels {labels.dtype} {labels.shape}")
     if sources.ndim != 1 or sources.dtype.kind != "U":
         problems.append(f"sources {sources.dtype} {sources.shape}")
-    if faiss_rows is not None and (faiss_rows.ndim != 1 or faiss_rows.dtype.kind not in "iu"):
-        problems.append(f"faiss_rows {faiss_rows.dtype} {faiss_rows.shape}")
     if problems:
         raise IndexCorruptError(f"{directory}: unexpected data ({'; '.join(problems)})")
 
@@ -655,6 +874,50 @@ def _same_path(a: Path, b: Path) -> bool:
         return False
 
 
+def _exact(
+    catalog: Floats, queries: Floats, k: int, candidates: Rows | None
+) -> tuple[Floats, Rows]:
+    """Exact top-k by inner product over ``catalog`` rows (or only the ``candidates`` rows):
+    scores (n, k) float32 best first, ties by row; rows (n, k) int64."""
+    vectors = catalog if candidates is None else catalog[candidates]
+    k = min(k, len(vectors))
+    scores = np.empty((len(queries), k), np.float32)
+    rows = np.empty((len(queries), k), np.int64)
+    for start in range(0, len(queries), EXACT_BATCH):
+        sims = queries[start : start + EXACT_BATCH] @ vectors.T
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < len(vectors) else None
+        if top is None:
+            top = np.broadcast_to(np.arange(len(vectors)), sims.shape)
+        top_sims = np.take_along_axis(sims, top, axis=1)
+        order = np.lexsort((top, -top_sims), axis=1)
+        scores[start : start + len(sims)] = np.take_along_axis(top_sims, order, axis=1)
+        picked = np.take_along_axis(top, order, axis=1)
+        rows[start : start + len(sims)] = picked if candidates is None else candidates[picked]
+    return scores, rows
+
+
+def _ids_of(version: _Version, rows: np.ndarray) -> NDArray[np.str_]:
+    ids = version.ids.astype(str)
+    out = np.where(rows >= 0, ids[np.maximum(rows, 0)] if len(ids) else "", "")
+    return np.asarray(out, dtype=ids.dtype if len(ids) else str)
+
+
+def _check_number(value: Any, low: float, high: float, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
+        raise ConfigError(f"{name} must be a number between {low:g} and {high:g}, got {value!r}")
+    number = float(value)
+    if not low <= number <= high:
+        raise ConfigError(f"{name} must lie between {low:g} and {high:g}, got {number:g}")
+    return number
+
+
+def _check_vectors(vectors: np.ndarray, dim: int) -> Floats:
+    array = np.asarray(vectors)
+    if array.ndim != 2 or array.shape[1] != dim or array.dtype.kind not in "fiu":
+        raise ConfigError(f"vectors must be a (n, {dim}) float array, got {array.shape}")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
 def _check_k(k: int) -> int:
     if not isinstance(k, int | np.integer) or isinstance(k, bool) or k < 1 or k > MAX_K:
         raise ConfigError(f"k must be an integer between 1 and {MAX_K}, got {k!r}")
@@ -671,10 +934,13 @@ def _check_pixels(pixels: np.ndarray) -> np.ndarray:
 
 
 def _to_pixels(images: Sequence[ImageInput] | np.ndarray) -> np.ndarray:
-    if isinstance(images, np.ndarray) and images.ndim == 3 and images.shape[1:] == (28, 28):
-        return preprocess_array(images)
+    if isinstance(images, np.ndarray) and images.ndim >= 2 and images.shape[1:] in IMAGE_SHAPES:
+        return preprocess_array(images.reshape(len(images), 28, 28))
     if isinstance(images, np.ndarray | str | bytes | os.PathLike):
-        raise ConfigError("pass a sequence of images (or an (n, 28, 28) array), not one image")
+        raise ConfigError(
+            "pass a sequence of images or an (n, 28, 28) array, not one image (shape "
+            f"{getattr(images, 'shape', None)})"
+        )
     pixels = [preprocess(image) for image in images]
     if not pixels:
         return np.zeros((0, 28, 28), np.uint8)
@@ -688,12 +954,6 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 def _write_bytes(path: Path, data: bytes) -> None:
     path.write_bytes(data)
-
-
-def _save_faiss(index: Any, path: Path) -> None:
-    from simsearch import vector_index
-
-    vector_index.save(index, path)
 
 
 def _save_items(path: Path, ids: np.ndarray, labels: np.ndarray, sources: np.ndarray) -> None:

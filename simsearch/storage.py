@@ -325,6 +325,13 @@ def _check_structure(path: Path, m: dict[str, Any]) -> None:
     index = m["index"]
     if not isinstance(index, dict) or index.get("type") not in INDEX_TYPES:
         raise bad(f"index.type must be one of {', '.join(INDEX_TYPES)}")
+    shards = index.get("shards")
+    if shards is not None and not (
+        isinstance(shards, list)
+        and 1 <= len(shards) <= 4096
+        and all(_is_int(n, 0, 1 << 40) for n in shards)
+    ):
+        raise bad("index.shards must list the item count of each shard")
     params = index.get("params", {})
     if not isinstance(params, dict) or not all(
         isinstance(v, int | float) and not isinstance(v, bool) for v in params.values()

@@ -12,6 +12,9 @@ one (copy on write), so searches running in other threads always see a complete 
 
 from __future__ import annotations
 
+import functools
+import re
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ FLAT_UP_TO = 20_000
 HNSW_UP_TO = 2_000_000
 # HNSW: removed items kept as tombstones up to this share of the graph, then it is rebuilt.
 MAX_TOMBSTONE_FRACTION = 0.1
+MAX_EF_SEARCH = 1 << 16
 
 
 def choose_type(index_type: str, count: int) -> str:
@@ -95,41 +99,18 @@ def build(
     return index
 
 
-class Tombstones:
-    """Positions of an HNSW index that no longer count (FAISS cannot delete from a graph).
-
-    The graph keeps the removed nodes as stepping stones; searches skip them through a FAISS
-    ``IDSelector``, so removal costs nothing and the graph is rebuilt only when many pile up.
-    """
-
-    def __init__(self, removed: np.ndarray, ntotal: int) -> None:
-        self.count = int(removed.sum())
-        self._bits = np.packbits(removed, bitorder="little")  # kept alive for the selector
-        import faiss
-
-        self._selector = faiss.IDSelectorNot(
-            faiss.IDSelectorBitmap(ntotal, faiss.swig_ptr(self._bits))
-        )
-
-    def params(self, index: Any) -> Any:
-        import faiss
-
-        return faiss.SearchParametersHNSW(  # type: ignore[attr-defined]  # missing from stubs
-            sel=self._selector, efSearch=index.hnsw.efSearch
-        )
-
-
 def search(
-    index: Any, vectors: np.ndarray, k: int, tombstones: Tombstones | None = None
+    index: Any, vectors: np.ndarray, k: int, params: Any = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k by inner product: scores (n, k') float32, rows (n, k') int64; k' = min(k, live)."""
+    """Top-k by inner product: scores (n, k') float32, positions (n, k') int64 (-1: none);
+    k' = min(k, ntotal). ``params``: FAISS SearchParameters (a selector, efSearch, nprobe)."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if vectors.ndim != 2 or vectors.shape[1] != index.d:
         raise ConfigError(f"query vectors have shape {vectors.shape}, expected (n, {index.d})")
-    k = min(int(k), int(index.ntotal) - (tombstones.count if tombstones else 0))
+    k = min(int(k), int(index.ntotal))
     if k <= 0 or len(vectors) == 0:
         return np.zeros((len(vectors), 0), np.float32), np.zeros((len(vectors), 0), np.int64)
-    extra = {"params": tombstones.params(index)} if tombstones else {}
+    extra = {"params": params} if params is not None else {}
     if len(vectors) >= SMALL_BATCH:
         scores, rows = index.search(vectors, k, **extra)
         return scores, rows
@@ -165,8 +146,8 @@ def load(path: Path) -> Any:
 class VectorIndex:
     """One FAISS index of a given type over the catalog rows, never changed once made.
 
-    ``rows`` maps FAISS positions to catalog rows (-1: a removed item an HNSW graph still holds);
-    ``None`` means position == row.
+    ``rows`` maps FAISS positions to catalog rows (-1: a removed item an HNSW graph still holds,
+    skipped by every search); ``None`` means position == row.
     """
 
     def __init__(
@@ -176,9 +157,10 @@ class VectorIndex:
         self.kind = kind
         self.params = dict(params)
         self.rows = rows
-        self._tombstones = (
-            Tombstones(rows < 0, len(rows)) if rows is not None and (rows < 0).any() else None
-        )
+        live = np.ones(0, bool) if rows is None else np.asarray(rows) >= 0
+        self.tombstones = len(live) - int(np.count_nonzero(live))
+        # Positions that may be returned (all but tombstones), as a FAISS selector bitmap.
+        self._live = _Selection(live) if self.tombstones else None
 
     @classmethod
     def build(cls, vectors: np.ndarray, kind: str, params: dict[str, Any]) -> VectorIndex:
@@ -193,8 +175,9 @@ class VectorIndex:
         return int(self.index.ntotal)
 
     @property
-    def tombstones(self) -> int:
-        return self._tombstones.count if self._tombstones else 0
+    def count(self) -> int:
+        """Catalog rows held (FAISS positions minus tombstones)."""
+        return self.ntotal - self.tombstones
 
     def check(self, count: int, dim: int) -> None:
         """IndexCorruptError unless this index holds exactly ``count`` live ``dim``-d rows."""
@@ -208,12 +191,55 @@ class VectorIndex:
         ):
             raise IndexCorruptError("faiss_rows.npy does not map the index onto its items")
 
-    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(n, d) unit vectors -> scores (n, k'), catalog rows (n, k'); -1 rows = no result."""
-        scores, positions = search(self.index, vectors, k, self._tombstones)
+    def search(
+        self, vectors: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(n, d) unit vectors -> scores (n, k'), catalog rows (n, k'); -1 rows: no result.
+
+        ``allowed``: a bool mask over the catalog rows; only those are returned (a FAISS
+        selector inside the search, so the k returned are the best allowed ones). An HNSW search
+        looks at no fewer than k candidates (efSearch >= k). Approximate indexes may still
+        return fewer than k'; the caller completes those rows (see SearchIndex).
+        """
+        selection = self._live
+        live = self.count
+        if allowed is not None:
+            positions_allowed = (
+                allowed
+                if self.rows is None
+                else ((self.rows >= 0) & allowed[np.maximum(self.rows, 0)])
+            )
+            selection = _Selection(positions_allowed)
+            live = selection.count
+        k = min(int(k), live)
+        if k <= 0:
+            return np.zeros((len(vectors), 0), np.float32), np.zeros((len(vectors), 0), np.int64)
+        scores, positions = search(self.index, vectors, k, self._search_params(k, selection))
         if self.rows is None:
             return scores, positions
         return scores, np.where(positions >= 0, self.rows[np.maximum(positions, 0)], -1)
+
+    def _search_params(self, k: int, selection: _Selection | None) -> Any:
+        import faiss
+
+        params: Any
+        if self.kind == "hnsw":
+            ef = max(int(self.index.hnsw.efSearch), k)
+            if selection is not None and selection.count < self.ntotal:
+                # A filter keeps a share of what the graph walk meets: look at more candidates.
+                ef = max(ef, int(k * self.ntotal / max(selection.count, 1)))
+            params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # not in the stubs
+            params.efSearch = min(ef, MAX_EF_SEARCH)
+        elif self.kind == "ivf":
+            params = faiss.SearchParametersIVF()
+            params.nprobe = int(self.index.nprobe)
+        elif selection is not None:
+            params = faiss.SearchParameters()
+        else:
+            return None
+        if selection is not None:
+            params.sel = selection.selector
+        return params
 
     def added(self, vectors: np.ndarray) -> VectorIndex:
         """A new index with ``vectors`` appended as the next catalog rows."""
@@ -251,3 +277,205 @@ class VectorIndex:
                 clone.add(np.ascontiguousarray(vectors, dtype=np.float32))
             return VectorIndex(clone, self.kind, self.params)
         return VectorIndex.build(vectors, self.kind, self.params)
+
+
+class _Selection:
+    """A set of FAISS positions as an ``IDSelectorBitmap`` (the bitmap kept alive with it)."""
+
+    def __init__(self, mask: np.ndarray) -> None:
+        import faiss
+
+        self.count = int(np.count_nonzero(mask))
+        self._bits = np.packbits(mask, bitorder="little")
+        self.selector = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(self._bits))
+
+
+class ShardedIndex:
+    """Several :class:`VectorIndex` shards over consecutive ranges of catalog rows.
+
+    A search fans out over the shards and merges their top-k (best first, ties by row), so a
+    sharded flat index returns exactly what one flat index returns, and IVF shards that share
+    one trained quantizer return what the unsharded IVF returns. Items added go to the last
+    shard. Like :class:`VectorIndex`, never changed once made.
+    """
+
+    def __init__(self, shards: list[VectorIndex]) -> None:
+        if not shards:
+            raise ConfigError("a sharded index needs at least one shard")
+        self.shards = shards
+        self.kind = shards[0].kind
+        self.params = shards[0].params
+        self.starts = np.concatenate([[0], np.cumsum([s.count for s in shards])]).astype(int)
+
+    @property
+    def d(self) -> int:
+        return self.shards[0].d
+
+    @property
+    def ntotal(self) -> int:
+        return sum(s.ntotal for s in self.shards)
+
+    @property
+    def count(self) -> int:
+        return int(self.starts[-1])
+
+    @property
+    def tombstones(self) -> int:
+        return sum(s.tombstones for s in self.shards)
+
+    @property
+    def sizes(self) -> list[int]:
+        return [s.count for s in self.shards]
+
+    def check(self, count: int, dim: int) -> None:
+        if self.count != count:
+            raise IndexCorruptError(f"the shards hold {self.count} items, expected {count}")
+        for shard in self.shards:
+            shard.check(shard.count, dim)
+
+    def search(
+        self, vectors: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        parts = []
+        for shard, start, end in zip(self.shards, self.starts[:-1], self.starts[1:], strict=True):
+            part_allowed = None if allowed is None else allowed[start:end]
+            scores, rows = shard.search(vectors, k, part_allowed)
+            parts.append((scores, np.where(rows >= 0, rows + start, -1)))
+        return merge_top_k(parts, k)
+
+    def added(self, vectors: np.ndarray) -> ShardedIndex:
+        return ShardedIndex([*self.shards[:-1], self.shards[-1].added(vectors)])
+
+    def removed(self, keep: np.ndarray, vectors: np.ndarray) -> ShardedIndex:
+        shards, taken = [], 0
+        for shard, start, end in zip(self.shards, self.starts[:-1], self.starts[1:], strict=True):
+            part = keep[start:end]
+            n = int(np.count_nonzero(part))
+            shards.append(shard.removed(part, vectors[taken : taken + n]))
+            taken += n
+        return ShardedIndex(shards)
+
+
+def merge_top_k(
+    parts: list[tuple[np.ndarray, np.ndarray]], k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-shard (scores, rows) of the same queries -> the overall top k (best first, ties by
+    row, -1 rows last)."""
+    scores = np.concatenate([p[0] for p in parts], axis=1)
+    rows = np.concatenate([p[1] for p in parts], axis=1)
+    k = min(k, scores.shape[1])
+    key = np.where(rows >= 0, -scores.astype(np.float64), np.inf)
+    order = np.lexsort((rows, key), axis=1)[:, :k]
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(rows, order, axis=1)
+
+
+def build_shards(
+    vectors: np.ndarray, kind: str, params: dict[str, Any], sizes: list[int]
+) -> ShardedIndex:
+    """Shards over consecutive slices of ``vectors`` of the given sizes. IVF shards share one
+    coarse quantizer, trained once on all the vectors (train once, add in parts)."""
+    if sum(sizes) != len(vectors):
+        raise ConfigError(f"shard sizes add up to {sum(sizes)}, not {len(vectors)}")
+    empty = trained_empty(vectors, kind, params) if kind == "ivf" else None
+    shards, start = [], 0
+    for size in sizes:
+        part = vectors[start : start + size]
+        start += size
+        if empty is None:
+            shards.append(VectorIndex.build(part, kind, params))
+        else:
+            shards.append(VectorIndex(filled(empty, part), kind, params))
+    return ShardedIndex(shards)
+
+
+def trained_empty(sample: np.ndarray, kind: str, params: dict[str, Any]) -> Any:
+    """An IVF index trained on ``sample`` and holding nothing yet (to copy for each shard)."""
+    index = build(sample, kind, params)
+    index.reset()
+    return index
+
+
+def filled(empty: Any, vectors: np.ndarray) -> Any:
+    """A copy of an empty (trained) index with ``vectors`` added."""
+    import faiss
+
+    index = faiss.clone_index(empty)
+    index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    return index
+
+
+def shard_sizes(count: int, shards: int) -> list[int]:
+    """``count`` items in ``shards`` consecutive parts, as even as possible."""
+    if shards < 1:
+        raise ConfigError(f"--shards must be at least 1, got {shards}")
+    base, extra = divmod(count, shards)
+    return [base + (i < extra) for i in range(shards)]
+
+
+Searcher = VectorIndex | ShardedIndex
+SHARD_FILE = re.compile(r"(index-\d{3,4}\.faiss|faiss_rows-\d{3,4}\.npy)")
+
+
+def is_index_file(name: str) -> bool:
+    """A file of the index's FAISS part (one index, or its shards)."""
+    return name in ("index.faiss", "faiss_rows.npy") or bool(SHARD_FILE.fullmatch(name))
+
+
+def describe(searcher: Searcher) -> dict[str, Any]:
+    """The manifest's ``index`` section for ``searcher``."""
+    conf: dict[str, Any] = {"type": searcher.kind, "params": dict(searcher.params)}
+    if isinstance(searcher, ShardedIndex):
+        conf["shards"] = searcher.sizes
+    if searcher.tombstones:
+        conf["tombstones"] = searcher.tombstones
+    return conf
+
+
+def file_writers(searcher: Searcher) -> dict[str, Callable[[Path], None]]:
+    """File name -> writer, for every file of ``searcher``."""
+    parts = searcher.shards if isinstance(searcher, ShardedIndex) else [searcher]
+    suffix = (
+        [f"-{i:03d}" for i in range(len(parts))] if isinstance(searcher, ShardedIndex) else [""]
+    )
+    writers: dict[str, Callable[[Path], None]] = {}
+    for part, tail in zip(parts, suffix, strict=True):
+        writers[f"index{tail}.faiss"] = functools.partial(save, part.index)
+        if part.rows is not None:
+            writers[f"faiss_rows{tail}.npy"] = functools.partial(_save_rows, part.rows)
+    return writers
+
+
+def _save_rows(rows: np.ndarray, path: Path) -> None:
+    with open(path, "wb") as f:
+        np.save(f, np.ascontiguousarray(rows, dtype=np.int64), allow_pickle=False)
+
+
+def open_searcher(
+    conf: dict[str, Any], files: Collection[str], path_of: Callable[[str], Path]
+) -> Searcher:
+    """The index described by a manifest's ``index`` section, from its files (``path_of``
+    gives a checked path). Raises IndexCorruptError."""
+    sizes = conf.get("shards")
+    names = [f"-{i:03d}" for i in range(len(sizes))] if sizes is not None else [""]
+    parts = []
+    for tail in names:
+        rows = None
+        if f"faiss_rows{tail}.npy" in files:
+            try:
+                rows = np.load(path_of(f"faiss_rows{tail}.npy"), allow_pickle=False)
+            except IndexCorruptError:
+                raise
+            except Exception as exc:  # numpy raises ValueError/OSError on a bad file
+                raise IndexCorruptError(f"faiss_rows{tail}.npy: unreadable ({exc})") from None
+            if rows.ndim != 1 or rows.dtype.kind not in "iu":
+                raise IndexCorruptError(f"faiss_rows{tail}.npy: not a 1-d integer array")
+        if f"index{tail}.faiss" not in files:
+            raise IndexCorruptError(f"the manifest lists no index{tail}.faiss")
+        index = load(path_of(f"index{tail}.faiss"))
+        parts.append(VectorIndex(index, conf["type"], conf.get("params") or {}, rows))
+    if sizes is None:
+        return parts[0]
+    sharded = ShardedIndex(parts)
+    if sharded.sizes != list(sizes):
+        raise IndexCorruptError(f"shards hold {sharded.sizes} items, the manifest says {sizes}")
+    return sharded
