@@ -20,7 +20,9 @@ white, JPEG, off centre) precisely enough that the item finds itself again:
   dataset; intensities are stretched so the object's peak is 255 (every Fashion-MNIST item peaks
   at 254 or 255).
 
-Only numpy and Pillow are imported.
+Large images are box-reduced to about 512 px a strip at a time, before any float work and in
+their own mode (16-bit, float, palette, CMYK, ...), so a call needs little memory beyond the
+decoded image whatever its size and mode. Only numpy and Pillow are imported.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import importlib
 import io
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TypeAlias
 
@@ -67,6 +69,8 @@ MAX_IMAGE_BYTES: int = 128 * 1024 * 1024
 # Images are decoded (JPEG: DCT-scaled with ``draft``) and box-reduced to about this long side
 # before any float work: plenty for a 28 px result, and it keeps a 6000x6000 photo fast.
 _WORK_SIZE = 512
+# Large images are normalised and reduced a strip of about this many pixels at a time.
+_STRIP_PIXELS = 1 << 20
 # Formats that may be opened. Deliberately short: no EPS/PDF (Ghostscript), no exotic decoders.
 _FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "DIB", "GIF", "TIFF", "PPM", "ICO", "TGA", "AVIF")
 _LOSSY_FORMATS = frozenset({"JPEG", "MPO", "WEBP", "AVIF"})
@@ -239,17 +243,32 @@ def _load(source: ImageInput, work: int | None) -> tuple[Image.Image, str]:
     raise InvalidImageError(f"unsupported image input type: {type(source).__name__}")
 
 
-def _orient(im: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation (a new image if it is not 1, else ``im`` itself)."""
+_EXIF_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _orientation(im: Image.Image) -> Image.Transpose | None:
+    """The transposition the image's EXIF orientation asks for (None: display as stored)."""
     try:
         orientation = im.getexif().get(ExifTags.Base.Orientation, 1)
     except Exception:  # unreadable EXIF: ignore it, the pixels are fine
+        return None
+    return _EXIF_TRANSPOSE.get(orientation)
+
+
+def _orient(im: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation (a new image if it is not 1, else ``im`` itself)."""
+    if _orientation(im) is None:
         return im
-    if orientation in (2, 3, 4, 5, 6, 7, 8):
-        out = ImageOps.exif_transpose(im)
-        if out is not None:
-            return out
-    return im
+    out = ImageOps.exif_transpose(im)
+    return im if out is None else out
 
 
 def load_image(source: ImageInput) -> Image.Image:
@@ -289,23 +308,41 @@ def _gray28(im: Image.Image) -> np.ndarray | None:
     return None
 
 
+_HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def _values(im: Image.Image) -> np.ndarray:
+    """The pixel values of a high-bit image as float32 (H, W); NaN and infinities become 0."""
+    a = np.asarray(im).astype(np.float32)
+    if im.mode == "F":
+        np.nan_to_num(a, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    return a
+
+
+def _levels(a: np.ndarray, mode: str, extrema: tuple[float, float]) -> Image.Image:
+    """Values of a high-bit image of ``mode`` -> mode F, levels in [0, 255]. The scaling is
+    chosen from ``extrema``, the whole image's lowest and highest value."""
+    lo, hi = extrema
+    a = a.astype(np.float64)
+    if mode.startswith("I;16"):
+        a = a / 257.0
+    elif lo >= 0.0 and mode == "F" and hi <= 1.0:
+        a = a * 255.0
+    elif lo >= 0.0 and hi <= 255.0:
+        pass
+    elif lo >= 0.0 and hi <= 65535.0:
+        a = a / 257.0
+    else:
+        a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else a * 0.0
+    return Image.fromarray(np.ascontiguousarray(a, dtype=np.float32))
+
+
 def _normalise_mode(im: Image.Image) -> Image.Image:
     """-> an image of mode L, RGB, RGBA (8-bit levels) or F (levels in [0, 255])."""
     mode = im.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        a = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-        lo, hi = float(a.min()), float(a.max())
-        if mode.startswith("I;16"):
-            a = a / 257.0
-        elif lo >= 0.0 and mode == "F" and hi <= 1.0:
-            a = a * 255.0
-        elif lo >= 0.0 and hi <= 255.0:
-            pass
-        elif lo >= 0.0 and hi <= 65535.0:
-            a = a / 257.0
-        else:
-            a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else a * 0.0
-        return Image.fromarray(np.ascontiguousarray(a, dtype=np.float32))
+    if mode in _HIGH_BIT_MODES:
+        a = _values(im)
+        return _levels(a, mode, (float(a.min()), float(a.max())))
     if mode in ("L", "RGB", "RGBA") and "transparency" not in im.info:
         return im
     if mode in ("1", "L") and "transparency" not in im.info:
@@ -314,6 +351,43 @@ def _normalise_mode(im: Image.Image) -> Image.Image:
     if mode == "P" and not has_alpha:
         return im.convert("RGB")
     return im.convert("RGBA" if has_alpha else "RGB")
+
+
+def _strips(im: Image.Image, factor: int) -> Iterator[tuple[int, Image.Image]]:
+    """(top row, strip) pairs covering ``im``: strips of a multiple of ``factor`` rows and about
+    ``_STRIP_PIXELS`` pixels."""
+    w, h = im.size
+    rows = factor * max(1, _STRIP_PIXELS // (w * factor))
+    for y0 in range(0, h, rows):
+        yield y0, im.crop((0, y0, w, min(h, y0 + rows)))
+
+
+def _shrink(im: Image.Image, factor: int) -> Image.Image:
+    """Box-reduce ``im`` by ``factor`` into a normalised mode (see :func:`_normalise_mode`).
+
+    A strip at a time, so the memory this needs beyond the decoded image does not grow with the
+    image. High-bit images are reduced first and scaled to levels after (both are linear), with
+    the scaling chosen from the whole image's range as :func:`_normalise_mode` would.
+    """
+    if im.mode in ("L", "RGB") and "transparency" not in im.info:
+        return im.reduce(factor)  # no copy (Pillow premultiplies a whole RGBA image first)
+    high_bit = im.mode in _HIGH_BIT_MODES
+    lo, hi = np.inf, -np.inf
+    w, h = im.size
+    out: Image.Image | None = None
+    for y0, strip in _strips(im, factor):
+        if high_bit:
+            a = _values(strip)
+            lo, hi = min(lo, float(a.min())), max(hi, float(a.max()))
+            part = Image.fromarray(a).reduce(factor)
+        else:
+            part = _normalise_mode(strip).reduce(factor)
+        if out is None:
+            out = Image.new(part.mode, (-(-w // factor), -(-h // factor)))
+        out.paste(part, (0, y0 // factor))
+    if out is None:  # pragma: no cover - an image has at least one row
+        raise InvalidImageError("image has no pixels")
+    return _levels(np.asarray(out), im.mode, (lo, hi)) if high_bit else out
 
 
 def _to_float(im: Image.Image) -> np.ndarray:
@@ -403,20 +477,27 @@ def preprocess(source: ImageInput) -> np.ndarray:
     """
     im, name = _load(source, _WORK_SIZE)
     lossy = im.format in _LOSSY_FORMATS
-    im = _orient(im)
-    exact = _gray28(im)
-    if exact is not None:
-        corners = np.concatenate(
-            [exact[:2, :2], exact[:2, -2:], exact[-2:, :2], exact[-2:, -2:]], axis=None
-        )
-        if float(np.median(corners)) <= 127.5:  # dark corners: Fashion-MNIST polarity
-            if int(exact.min()) == int(exact.max()):
-                raise _fail(name, "blank image (a single colour, no object)")
-            return exact
-    im = _normalise_mode(im)
+    transpose = _orientation(im)
     factor = max(im.size) // _WORK_SIZE
     if factor >= 2:
-        im = im.reduce(factor)
+        # Shrink before anything else, the EXIF rotation included: the extra memory stays small
+        # whatever the size and mode of the image (a 16-bit 8192x8192 PNG is 128 MB decoded).
+        im = _shrink(im, factor)
+        if transpose is not None:
+            im = im.transpose(transpose)
+    else:
+        if transpose is not None:
+            im = im.transpose(transpose)
+        exact = _gray28(im)
+        if exact is not None:
+            corners = np.concatenate(
+                [exact[:2, :2], exact[:2, -2:], exact[-2:, :2], exact[-2:, -2:]], axis=None
+            )
+            if float(np.median(corners)) <= 127.5:  # dark corners: Fashion-MNIST polarity
+                if int(exact.min()) == int(exact.max()):
+                    raise _fail(name, "blank image (a single colour, no object)")
+                return exact
+        im = _normalise_mode(im)
     a = _to_float(im)
     return _frame(a, lossy, name)
 

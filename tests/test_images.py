@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import struct
 import subprocess
 import sys
@@ -517,3 +518,91 @@ def test_import_is_cheap() -> None:
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "[]"
+
+
+# --- bounded memory on large images -------------------------------------------------------------
+
+_MEMORY_CHILD = """
+import resource, sys
+from PIL import Image, ImageDraw
+from simsearch.images import preprocess
+
+def peak_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+source, side = sys.argv[1], int(sys.argv[2])
+if source.startswith("mode:"):  # an image already decoded: the extra is preprocess's own
+    mode = source[5:]
+    bg, fg = {
+        "1": (1, 0), "L": (230, 40), "LA": ((230, 0), (40, 255)), "P": (0, 2),
+        "PA": ((0, 0), (2, 255)), "PT": (1, 2), "RGB": ((230, 230, 230), (40, 60, 90)),
+        "RGBA": ((230, 230, 230, 0), (40, 60, 90, 255)), "CMYK": ((5, 5, 5, 5), (200, 100, 50, 0)),
+        "I;16": (60000, 9000), "I;16B": (60000, 9000), "I": (60000, 9000), "F": (0.9, 0.1),
+    }[mode]
+    im = Image.new("P" if mode == "PT" else mode, (side, side), bg)  # filled: resident
+    if mode in ("P", "PA", "PT"):
+        im.putpalette([250, 250, 250, 250, 250, 250, 30, 40, 50])
+        if mode == "PT":
+            im.info["transparency"] = 1
+    ImageDraw.Draw(im).rectangle((side // 3, side // 5, 2 * side // 3, 4 * side // 5), fill=fg)
+    before = peak_mb()
+    out = preprocess(im)
+else:  # a file: the decode is included
+    before = peak_mb()
+    out = preprocess(source)
+print(round(peak_mb() - before, 1), int(out[14, 14]), int(out[14, 1]))
+"""
+
+
+def _peak_memory_children(sources: list[str], side: int) -> dict[str, tuple[float, int, int]]:
+    """Run preprocess in one fresh process per source (concurrently): source -> (extra peak RSS
+    in MB, centre pixel, left-margin pixel)."""
+    import simsearch
+
+    root = str(Path(simsearch.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": root}
+    procs = {
+        s: subprocess.Popen(
+            [sys.executable, "-c", _MEMORY_CHILD, s, str(side)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for s in sources
+    }
+    results = {}
+    for s, proc in procs.items():
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        mb, centre, margin = out.split()
+        results[s] = (float(mb), int(centre), int(margin))
+    return results
+
+
+def test_preprocess_memory_does_not_grow_with_the_image() -> None:
+    """A decoded 4096x4096 image of any mode: preprocess needs a few MB beyond it, not copies of
+    it (the float conversion of a 16-bit or float image used to take ~1 GB at 8192x8192)."""
+    modes = ["1", "L", "LA", "P", "PA", "PT", "RGB", "RGBA", "CMYK", "I;16", "I;16B", "I", "F"]
+    results = _peak_memory_children([f"mode:{m}" for m in modes], 4096)
+    extra = {s[5:]: r[0] for s, r in results.items()}
+    assert max(extra.values()) < 40, extra  # decoded: 16 MB (mode 1, L) to 64 MB (RGBA, I, F)
+    for source, (_, centre, margin) in results.items():
+        assert centre == 255 and margin == 0, (source, centre, margin)
+
+
+def test_large_16_bit_png_and_float_tiff_from_file(tmp_path: Path) -> None:
+    side = 4096
+    values = np.full((side, side), 60000, np.uint16)
+    values[side // 5 : 4 * side // 5, side // 3 : 2 * side // 3] = 9000
+    Image.fromarray(values).save(tmp_path / "big16.png")
+    Image.fromarray(values.astype(np.float32) / 65535).save(
+        tmp_path / "bigf.tif", compression="tiff_adobe_deflate"
+    )
+    assert (tmp_path / "big16.png").stat().st_size < 200_000
+    files = [str(tmp_path / "big16.png"), str(tmp_path / "bigf.tif")]
+    results = _peak_memory_children(files, side)
+    decoded = {files[0]: 2 * side * side / 2**20, files[1]: 4 * side * side / 2**20}
+    for path, (mb, centre, margin) in results.items():
+        assert mb < decoded[path] + 40, (path, mb)
+        assert centre == 255 and margin == 0
