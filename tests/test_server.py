@@ -793,3 +793,26 @@ def test_serve_behind_a_reverse_proxy(pca_index_dir: Path, item_png: Path) -> No
         response = httpx.post(f"{url}/api/search?k=1", files=files, headers=origin)
         assert response.json()["results"][0]["id"] == ITEM
         assert_error(httpx.get(f"{url}/api/health", headers={"Host": "other.example"}), 400)
+
+
+def test_a_client_waiting_for_100_continue_gets_the_413_at_once(
+    index: SearchIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """curl asks before sending a large body: the 413 comes without waiting for a body that
+    will never be sent (were it drained, the answer would wait for DRAIN_IDLE)."""
+    from simsearch import server
+
+    monkeypatch.setattr(server, "DRAIN_IDLE", 30.0)
+    with live_server(create_app(index, max_upload_bytes=100_000)) as url:
+        port = int(url.rsplit(":", 1)[1])
+        head = (
+            "POST /api/search HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n"
+            "Content-Type: application/octet-stream\r\nContent-Length: 5000000\r\n\r\n"
+        )
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+            sock.sendall(head.encode())
+            answer = _read_response(sock)
+        assert time.monotonic() - started < 10
+        assert answer.startswith("HTTP/1.1 413"), answer[:200]
+        assert '{"error":"upload larger than the 100,000 bytes limit"}' in answer
