@@ -34,9 +34,10 @@ Resources are bounded per process, whatever the mix of requests:
   drops the rest of the body while it keeps coming (up to ``DRAIN_LIMIT`` bytes, within the
   upload deadline): clients that send a whole body before they read (browsers, Python's urllib:
   no ``Expect: 100-continue``) then get the JSON error instead of a connection reset;
-* with glibc, a decode after which the process is 32 MiB larger is followed by ``malloc_trim``,
-  and the runners (``serve``, ``app_from_env``) cap malloc arenas at 2: what a burst of large
-  decodes used goes back to the system instead of staying with the process.
+* with glibc, the app calls ``malloc_trim`` once a second while its size keeps moving (16 MiB
+  since the last trim), and the runners (``serve``, ``app_from_env``) cap malloc arenas at 2:
+  what a burst of large decodes used goes back to the system instead of staying with the
+  process.
 
 Concurrency: the index is loaded once per worker process and only read while serving; when its
 directory changes (``simsearch add``/``remove``/``build-index --force``), the new version is
@@ -188,6 +189,7 @@ def create_app(
         summary="Image similarity search over autoencoder embeddings (Keras + FAISS).",
         docs_url=None,  # replaced below by pages that load their assets from this server
         redoc_url=None,
+        lifespan=_give_back_memory,
     )
     app.state.index = index  # as loaded at start
     app.state.live = live
@@ -279,7 +281,11 @@ def app_from_env() -> FastAPI:
     Reads ``SIMSEARCH_INDEX_DIR`` (default ``indexes/fashion-mnist``), and optionally
     ``SIMSEARCH_MAX_UPLOAD_BYTES``, ``SIMSEARCH_UPLOAD_TIMEOUT`` (seconds),
     ``SIMSEARCH_MAX_UPLOADS``, ``SIMSEARCH_SEARCH_THREADS`` and ``SIMSEARCH_ALLOWED_HOSTS``
-    (comma-separated names, ``*`` for any; default: the loopback names).
+    (comma-separated names, ``*`` for any; default: the loopback names). Give uvicorn the
+    options ``serve`` sets::
+
+        uvicorn --factory simsearch.server:app_from_env --limit-concurrency 256 \\
+                --timeout-keep-alive 5 [--root-path /prefix] [--forwarded-allow-ips IPS]
     """
     _fewer_malloc_arenas()
     hosts = os.environ.get(ENV_ALLOWED_HOSTS)
@@ -391,14 +397,10 @@ def _search(
 
     upload.seek(0)
     data = upload.read()
-    before = _rss_bytes()
     try:
         pixels = preprocess(data)
     except InvalidImageError as exc:
         raise InvalidImageError(_name_the_upload(str(exc), data, name)) from None
-    finally:
-        del data
-        _trim_if_grown(before)
     return pixels, index.query_pixels(pixels[None], k)[0]
 
 
@@ -483,9 +485,11 @@ _M_ARENA_MAX = -8
 # Worker threads each get their own glibc heap (up to 8 per CPU); memory freed in one is kept
 # for reuse by it. Two arenas keep what a burst of decodes leaves behind small.
 _ARENAS = 2
-# A decode after which the process is this much larger than before it has left freed heap
-# pages behind (glibc keeps them): they are returned to the system (malloc_trim).
-_TRIM_GROWTH_BYTES = 32 * MIB
+# Every _TRIM_EVERY seconds, if the process size has moved _TRIM_CHANGE_BYTES (up or down) since
+# the last trim, the freed heap pages glibc keeps (after large decodes, drained bodies) go back to
+# the system. A trim with nothing to give back costs about 0.3 ms.
+_TRIM_EVERY = 1.0
+_TRIM_CHANGE_BYTES = 16 * MIB
 
 
 def _fewer_malloc_arenas() -> None:
@@ -503,10 +507,35 @@ def _rss_bytes() -> int:
         return 0
 
 
-def _trim_if_grown(before: int) -> None:
+@contextlib.asynccontextmanager
+async def _give_back_memory(app: FastAPI) -> AsyncIterator[None]:
+    """App lifespan: while serving, ``malloc_trim`` whenever the process size has moved since the
+    last trim (checked every ``_TRIM_EVERY`` s; glibc only).
+
+    Down counts too: once a burst's large arrays are unmapped, what is left above the size after
+    the last trim may be freed heap pages that glibc would otherwise keep.
+    """
     libc = _libc()
-    if libc is not None and _rss_bytes() - before > _TRIM_GROWTH_BYTES:
+    if libc is None:
+        yield
+        return
+
+    def trim_if_moved(last: int) -> int:
+        if abs(_rss_bytes() - last) <= _TRIM_CHANGE_BYTES:
+            return last
         libc.malloc_trim(0)
+        return _rss_bytes()
+
+    async def keep() -> None:
+        last = _rss_bytes()
+        while True:
+            await anyio.sleep(_TRIM_EVERY)
+            last = await anyio.to_thread.run_sync(trim_if_moved, last)
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(keep)
+        yield
+        tasks.cancel_scope.cancel()
 
 
 # ---------------------------------------------------------------------- uploads

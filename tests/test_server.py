@@ -816,3 +816,30 @@ def test_a_client_waiting_for_100_continue_gets_the_413_at_once(
         assert time.monotonic() - started < 10
         assert answer.startswith("HTTP/1.1 413"), answer[:200]
         assert '{"error":"upload larger than the 100,000 bytes limit"}' in answer
+
+
+def test_uvicorn_factory_reads_its_settings_from_the_environment(
+    pca_index_dir: Path, item_png: Path
+) -> None:
+    port = free_port()
+    env = dict(os.environ)
+    env.update(
+        SIMSEARCH_INDEX_DIR=str(pca_index_dir),
+        SIMSEARCH_ALLOWED_HOSTS="search.example,localhost",
+        SIMSEARCH_MAX_UPLOAD_BYTES="20000",
+    )
+    command = [sys.executable, "-m", "uvicorn", "--factory", "simsearch.server:app_from_env"]
+    command += ["--port", str(port), "--limit-concurrency", "256", "--timeout-keep-alive", "5"]
+    process = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_health(url, process)  # any JSON answer: here a 400, 127.0.0.1 is not listed
+        assert_error(httpx.get(f"{url}/api/health"), 400, "host")
+        named = {"Host": "search.example"}
+        assert httpx.get(f"{url}/api/health", headers=named).json()["max_upload_bytes"] == 20000
+        files = {"image": ("a.png", item_png.read_bytes())}
+        response = httpx.post(f"{url}/api/search?k=1", files=files, headers={"Host": "localhost"})
+        assert response.json()["results"][0]["id"] == ITEM
+    finally:
+        process.terminate()
+        process.wait(20)
