@@ -734,7 +734,7 @@ def test_item_images_survive_two_adds_while_serving(pca_index_dir: Path, tmp_pat
     bar[4:24, 10:18] = 255
     for n in (1, 2):
         Image.fromarray(bar).save(tmp_path / f"bar{n}.png")
-    # The clock never triggers a reload: only the fallback can find the new generation.
+    # The clock never triggers a reload: the held version must answer, or the fallback.
     app = create_app(directory, reload_every=3600)
     with live_server(app) as url:
         _simsearch("add", str(tmp_path / "bar1.png"), "--index-dir", str(directory), "-q")
@@ -744,7 +744,36 @@ def test_item_images_survive_two_adds_while_serving(pca_index_dir: Path, tmp_pat
                 response = http.get(f"/api/items/{item_id}/image")
                 assert response.status_code == 200, response.text
                 assert response.content == SearchIndex.load(directory).item_png(item_id)
-            assert http.get("/api/health").json()["count"] == 402
+
+
+def test_an_item_the_held_index_cannot_read_comes_from_the_current_version(
+    pca_index_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from simsearch.errors import IndexCorruptError
+
+    directory = tmp_path / "served"
+    shutil.copytree(pca_index_dir, directory)
+    held = SearchIndex.load(directory)
+
+    def unreadable(item_id: str) -> bytes:
+        raise IndexCorruptError(f"{directory}/images.npy: listed in the manifest but missing")
+
+    monkeypatch.setattr(held, "item_png", unreadable)
+    with TestClient(create_app(held, reload_every=3600), base_url=LOCAL) as http:
+        # No newer version: a 500 that names no path.
+        message = assert_error(http.get(f"/api/items/{ITEM}/image"), 500, "index")
+        assert str(tmp_path) not in message
+        writer = SearchIndex.load(directory)
+        bar = np.zeros((1, 28, 28), np.uint8)
+        bar[0, 4:24, 10:18] = 255
+        writer.add(bar, ["new/bar"])
+        writer.save(directory)
+        response = http.get(f"/api/items/{ITEM}/image")
+        assert response.status_code == 200, response.text
+        assert response.content == writer.item_png(ITEM)
+        assert http.get("/api/items/new/bar/image").status_code == 200  # now the held one
 
 
 def test_an_unreadable_index_is_a_500_without_server_paths(
