@@ -35,9 +35,8 @@ Resources are bounded per process, whatever the mix of requests:
   upload deadline): clients that send a whole body before they read (browsers, Python's urllib:
   no ``Expect: 100-continue``) then get the JSON error instead of a connection reset;
 * with glibc, the app calls ``malloc_trim`` once a second while its size keeps moving (16 MiB
-  since the last trim), and the runners (``serve``, ``app_from_env``) cap malloc arenas at 2:
-  what a burst of large decodes used goes back to the system instead of staying with the
-  process.
+  since the last trim): what a burst of large decodes used goes back to the system instead of
+  staying in glibc's heaps.
 
 Concurrency: the index is loaded once per worker process and only read while serving; when its
 directory changes (``simsearch add``/``remove``/``build-index --force``), the new version is
@@ -287,7 +286,6 @@ def app_from_env() -> FastAPI:
         uvicorn --factory simsearch.server:app_from_env --limit-concurrency 256 \\
                 --timeout-keep-alive 5 [--root-path /prefix] [--forwarded-allow-ips IPS]
     """
-    _fewer_malloc_arenas()
     hosts = os.environ.get(ENV_ALLOWED_HOSTS)
     return create_app(
         default_index_dir(),
@@ -336,7 +334,6 @@ def serve(
 
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
-    _fewer_malloc_arenas()
     hosts = allowed_hosts_for(host, allowed_hosts)
     app = create_app(
         index_dir,
@@ -472,7 +469,7 @@ def _png_data_url(pixels: np.ndarray) -> str:
 
 @functools.cache
 def _libc() -> Any:
-    """glibc, or None elsewhere (musl, macOS): the malloc tuning below is glibc's."""
+    """glibc, or None elsewhere (musl, macOS): ``malloc_trim`` is glibc's."""
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name) if name else None
@@ -481,22 +478,11 @@ def _libc() -> Any:
         return None
 
 
-_M_ARENA_MAX = -8
-# Worker threads each get their own glibc heap (up to 8 per CPU); memory freed in one is kept
-# for reuse by it. Two arenas keep what a burst of decodes leaves behind small.
-_ARENAS = 2
 # Every _TRIM_EVERY seconds, if the process size has moved _TRIM_CHANGE_BYTES (up or down) since
 # the last trim, the freed heap pages glibc keeps (after large decodes, drained bodies) go back to
 # the system. A trim with nothing to give back costs about 0.3 ms.
 _TRIM_EVERY = 1.0
 _TRIM_CHANGE_BYTES = 16 * MIB
-
-
-def _fewer_malloc_arenas() -> None:
-    """Fewer glibc arenas for this process (called by the runners, not by create_app)."""
-    libc = _libc()
-    if libc is not None:
-        libc.mallopt(_M_ARENA_MAX, _ARENAS)
 
 
 def _rss_bytes() -> int:
