@@ -521,6 +521,39 @@ def serve(
     max_upload_mb: Annotated[
         float, typer.Option(min=0.001, help="Largest accepted image upload, in MiB.")
     ] = 16,
+    upload_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds an upload may take to arrive (else 408).")
+    ] = 60,
+    max_uploads: Annotated[
+        int, typer.Option(min=1, help="Uploads in progress at once per worker (else 503).")
+    ] = 32,
+    search_threads: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Uploads decoded and searched at once per worker [default: CPUs, at least 2].",
+            show_default=False,
+        ),
+    ] = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A Host name to answer besides localhost, 127.0.0.1, [::1] and the bound "
+            "address (repeatable); '*' answers any, only behind a trusted reverse proxy.",
+            show_default=False,
+        ),
+    ] = None,
+    root_path: Annotated[
+        str, typer.Option(help="Path prefix a reverse proxy serves the app under (/simsearch).")
+    ] = "",
+    forwarded_allow_ips: Annotated[
+        str | None,
+        typer.Option(
+            help="Proxies whose X-Forwarded-For/-Proto are trusted "
+            "[default: $FORWARDED_ALLOW_IPS or 127.0.0.1].",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve the web page and the HTTP API (docs at /docs) until Ctrl-C."""
     with user_errors():
@@ -532,7 +565,19 @@ def serve(
             raise MissingDependencyError(
                 f"serve needs {exc.name}: pip install 'simsearch[serve]'"
             ) from None
-        run_server(_index_dir(index_dir), host, port, workers, int(max_upload_mb * 1024 * 1024))
+        run_server(
+            _index_dir(index_dir),
+            host,
+            port,
+            workers,
+            int(max_upload_mb * 1024 * 1024),
+            allowed_hosts=allowed_host or (),
+            upload_timeout=upload_timeout,
+            max_uploads=max_uploads,
+            search_threads=search_threads,
+            root_path=root_path.rstrip("/"),
+            forwarded_allow_ips=forwarded_allow_ips,
+        )
 
 
 @app.command()
