@@ -50,6 +50,13 @@ class LiveIndex:
                 self._lock.release()
         return self._index
 
+    def refresh(self) -> SearchIndex:
+        """Check the directory now (not at the next tick) and return the newest good index."""
+        if self._directory is not None:
+            with self._lock:
+                self._reload_if_changed(self._directory)
+        return self._index
+
     def _reload_if_changed(self, directory: Path) -> None:
         self._checked = time.monotonic()
         stamp = _stamp(directory)

@@ -69,7 +69,7 @@ from collections.abc import (
 )
 from pathlib import Path
 from tempfile import SpooledTemporaryFile
-from typing import IO, TYPE_CHECKING, Any, BinaryIO, TypeVar, cast
+from typing import IO, Any, BinaryIO, TypeVar, cast
 from urllib.parse import quote, urlsplit
 
 import anyio
@@ -95,16 +95,12 @@ from simsearch.errors import (
     SimsearchError,
 )
 from simsearch.live import LiveIndex
-from simsearch.search_index import SearchIndex, default_index_dir
-
-if TYPE_CHECKING:
-    from simsearch.hit import Hit
+from simsearch.search_index import MAX_K, QueryResult, SearchIndex, default_index_dir
 
 MIB = 1024 * 1024
 DEFAULT_MAX_UPLOAD_BYTES = 16 * MIB
 DEFAULT_UPLOAD_TIMEOUT = 60.0
 DEFAULT_MAX_UPLOADS = 32
-MAX_K = 1000
 # Room for the multipart envelope (boundaries, part headers) around an image of the maximum size.
 MULTIPART_OVERHEAD = 64 * 1024
 # An early answer (413, ...) first drops up to this many body bytes, as long as they keep coming
@@ -233,16 +229,28 @@ def create_app(
     async def search(
         request: Request,
         k: int = Query(10, ge=1, le=MAX_K, description="Number of neighbours."),
+        label: list[str] | None = Query(
+            None, description="Only items of these classes (names or ids); repeatable."
+        ),
+        id_prefix: str | None = Query(None, description="Only items whose id starts with this."),
+        min_similarity: float | None = Query(
+            None, ge=-1, le=1, description="Only hits at least this similar."
+        ),
+        max_distance: float | None = Query(
+            None, ge=0, le=2, description="Only hits at most this far (1 - similarity)."
+        ),
     ) -> dict[str, Any]:
+        filters: dict[str, Any] = {"labels": label, "id_prefix": id_prefix}
+        filters |= {"min_similarity": min_similarity, "max_distance": max_distance}
         async with uploads.receive(request) as (name, upload):
             started = time.perf_counter()
-            pixels, hits = await anyio.to_thread.run_sync(
-                lambda: _search(live.current(), upload.file, name, k), limiter=limiter
+            answer = await anyio.to_thread.run_sync(
+                lambda: _search(live.current(), upload.file, name, k, filters), limiter=limiter
             )
         return {
             "query": name,
-            "results": [_hit_json(hit) for hit in hits],
-            "query_image": _png_data_url(pixels),
+            "results": [hit.to_dict() for hit in answer.hits],
+            "query_image": _png_data_url(answer.pixels),
             "k": k,
             "took_ms": round((time.perf_counter() - started) * 1000, 2),
         }
@@ -387,18 +395,15 @@ def _env(name: str, parse: Callable[[str], _T], default: _D) -> _T | _D:
 
 
 def _search(
-    index: SearchIndex, upload: IO[bytes], name: str, k: int
-) -> tuple[np.ndarray, list[Hit]]:
+    index: SearchIndex, upload: IO[bytes], name: str, k: int, filters: dict[str, Any]
+) -> QueryResult:
     """Read the spooled upload, decode + preprocess + search (runs in a worker thread)."""
-    from simsearch.images import preprocess
-
     upload.seek(0)
     data = upload.read()
     try:
-        pixels = preprocess(data)
+        return index.query_detail(data, k, **filters)
     except InvalidImageError as exc:
         raise InvalidImageError(_name_the_upload(str(exc), data, name)) from None
-    return pixels, index.query_pixels(pixels[None], k)[0]
 
 
 def _name_the_upload(message: str, data: bytes, name: str) -> str:
@@ -418,31 +423,11 @@ def _item_png(live: LiveIndex, item_id: str) -> bytes:
     try:
         return held.item_png(item_id)
     except (IndexCorruptError, IndexNotFoundError, IncompatibleIndexError, OSError) as exc:
-        current = _check_for_a_new_version(live)
+        current = live.refresh()
         if current is held:
             raise
         log.warning("item %r: the held index failed (%s); served by its new version", item_id, exc)
         return current.item_png(item_id)
-
-
-def _check_for_a_new_version(live: LiveIndex) -> SearchIndex:
-    """The newest good version of the live index's directory, checked now (not at the next tick).
-
-    LiveIndex checks on a clock; this reuses its reload (one at a time, under its lock).
-    """
-    directory = live._directory  # LiveIndex has no public "check now" yet
-    if directory is not None:
-        with live._lock:
-            live._reload_if_changed(directory)
-    return live.current()
-
-
-def _hit_json(hit: Hit) -> dict[str, Any]:
-    """A hit exactly as ``simsearch query --json`` prints it (same fields, order and rounding)."""
-    return hit.to_dict() | {
-        "similarity": round(hit.similarity, 6),
-        "distance": round(hit.distance, 6),
-    }
 
 
 def _item_json(index: SearchIndex, row: int) -> dict[str, Any]:

@@ -188,6 +188,25 @@ def test_k_up_to_1000_is_capped_by_the_catalog(client: TestClient, item_png: Pat
     assert len(response.json()["results"]) == 400  # every item of the small catalog
 
 
+def test_search_filters_and_thresholds(
+    client: TestClient, index: SearchIndex, item_png: Path
+) -> None:
+    files = {"image": ("item7.png", item_png.read_bytes())}
+    name = index.label_name_of(7)
+    same = client.post("/api/search", params={"k": 5, "label": [name, "0"]}, files=files)
+    assert same.status_code == 200, same.text
+    results = same.json()["results"]
+    assert len(results) == 5 and {r["label"] for r in results} <= {index.label_of(7), 0}
+    assert results[0]["id"] == ITEM and results[0]["similarity"] == 1.0
+    none = client.post("/api/search?k=5&id_prefix=nothing/", files=files)
+    assert none.status_code == 200 and none.json()["results"] == []
+    close = client.post("/api/search?k=50&min_similarity=0.99", files=files).json()["results"]
+    assert 1 <= len(close) < 50 and all(r["similarity"] >= 0.99 for r in close)
+    assert client.post("/api/search?k=50&max_distance=0.01", files=files).json()["results"] == close
+    assert_error(client.post("/api/search?label=Sock", files=files), 422, "unknown label")
+    assert_error(client.post("/api/search?min_similarity=2", files=files), 422, "min_similarity")
+
+
 def _truncated_png() -> bytes:
     return png_bytes(np.random.default_rng(0).integers(0, 255, (64, 64), np.uint8))[:200]
 
