@@ -187,9 +187,8 @@ def conv_encoder(
     return keras.Model(inputs, code, name="encoder")
 
 
-def _dense(
-    code_size: int, hidden: tuple[int, ...], noise: float = 0.0, shift: float = 0.0, l1: float = 0.0
-) -> Autoencoder:
+def _dense_trunk(hidden: tuple[int, ...]) -> tuple[Any, Any]:
+    """pixels [0, 255] -> ReLU Dense layers of widths ``hidden``: (the input, the last layer)."""
     import keras
 
     inputs = keras.Input((28, 28), dtype="float32", name="pixels")
@@ -197,6 +196,15 @@ def _dense(
     x = keras.layers.Flatten()(x)
     for width in hidden:
         x = keras.layers.Dense(width, activation="relu")(x)
+    return inputs, x
+
+
+def _dense(
+    code_size: int, hidden: tuple[int, ...], noise: float = 0.0, shift: float = 0.0, l1: float = 0.0
+) -> Autoencoder:
+    import keras
+
+    inputs, x = _dense_trunk(hidden)
     code = keras.layers.Dense(code_size, name="code")(x)
     encoder = keras.Model(inputs, code, name="encoder")
 
@@ -382,11 +390,7 @@ def _vae(code_size: int, hidden: tuple[int, ...], beta: float = 1.0) -> Autoenco
     """
     import keras
 
-    inputs = keras.Input((28, 28), dtype="float32", name="pixels")
-    x = keras.layers.Rescaling(1.0 / 255.0)(inputs)
-    x = keras.layers.Flatten()(x)
-    for width in hidden:
-        x = keras.layers.Dense(width, activation="relu")(x)
+    inputs, x = _dense_trunk(hidden)
     mean = keras.layers.Dense(code_size, name="code")(x)
     log_var = keras.layers.Dense(code_size, kernel_initializer="zeros", name="log_var")(x)
     posterior = keras.Model(inputs, [mean, log_var], name="posterior")

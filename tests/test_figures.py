@@ -279,6 +279,8 @@ def test_training_curve(tmp_path: Path) -> None:
         figures.training_curve({"val_loss": [0.3]}, tmp_path / "none.png")
     with pytest.raises(OutputError):
         figures.training_curve(history, tmp_path / "missing" / "curve.png")
+    assert figures.loss_label("bce") == "loss (binary cross-entropy)"
+    assert figures.loss_label("mse") == "loss (mean squared error)"
 
 
 # ---------------------------------------------------------------- a real autoencoder
