@@ -81,8 +81,8 @@ def recipe(kind: str) -> Recipe:
 
 
 def default_text(field: str) -> str:
-    """A recipe field's defaults in words, for the CLI's help: "64" when every kind agrees,
-    else "0.25 for conv-denoising, else 0" (the kinds that differ from the most common value)."""
+    """A recipe field's defaults in words, for the CLI's help: "0.25 for conv-denoising, else 0"
+    (the kinds that differ from the most common value), or the one value every kind shares."""
     values = {kind: getattr(entry, field) for kind, entry in RECIPES.items()}
     listed = list(values.values())
     common = max(listed, key=listed.count)
