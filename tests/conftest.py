@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,17 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("SIMSEARCH_DATA_DIR", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no Keras cache from the user
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread_per_pool() -> Iterator[None]:
+    """BLAS and OpenMP on one thread: the tests' matrices are small, and on a busy machine
+    threads that wait for each other make them many times slower (an eigh of 784x784 took 0.4 s
+    on one thread and 4.6 s on two, with other jobs on both cores)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        yield
 
 
 @pytest.fixture(scope="session")

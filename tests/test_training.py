@@ -205,9 +205,27 @@ QUIET_IMPORT = (
 )
 
 
+def test_start_up_lines_are_filtered_from_stderr() -> None:
+    """What import_keras does around the import, in a process without TensorFlow: what is
+    written to file descriptor 2 (as TensorFlow's C++ code writes) is held back; the start-up
+    notices are dropped, everything else is passed on in order."""
+    code = (
+        "import os, sys\n"
+        "from simsearch.models import _startup_lines_hidden\n"
+        "with _startup_lines_hidden():\n"
+        "    os.write(2, b'WARNING: All log messages before absl::InitializeLog() is called\\n')\n"
+        "    os.write(2, b'I0000 port.cc:153] oneDNN custom operations are on. You may see\\n')\n"
+        "    os.write(2, b'a real warning\\n')\n"
+        "    print('from Python', file=sys.stderr)\n"
+        "print('after', file=sys.stderr)\n"
+    )
+    assert _python(code).stderr == "a real warning\nfrom Python\nafter\n"
+
+
+@pytest.mark.slow
 def test_tensorflow_starts_quietly() -> None:
-    """TensorFlow's C++ start-up lines (oneDNN, absl) are hidden; what else the process writes
-    to stderr around the import still shows."""
+    """TensorFlow's real start-up lines are the ones filtered; what else the process writes to
+    stderr around the import still shows."""
     lines = _python(QUIET_IMPORT).stderr.splitlines()
     assert lines[0] == "before" and lines[1].startswith("keras ") and len(lines) == 2, lines
 
