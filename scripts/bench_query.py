@@ -188,7 +188,7 @@ def main() -> None:
                     "cpus": os.cpu_count(),
                     "platform": platform.platform(),
                     "python": platform.python_version(),
-                    "note": "2-core, 24 GiB, no GPU sandbox",
+                    "note": "2-core, 24 GiB, no GPU",
                 },
                 "index": {
                     "dir": str(args.index_dir),

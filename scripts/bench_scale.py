@@ -111,7 +111,7 @@ def machine() -> dict[str, Any]:
         "numpy": np.__version__,
         "faiss": faiss.__version__,
         "faiss_compile": faiss.get_compile_options().strip(),
-        "note": "2-core, 24 GiB, no GPU sandbox, shared with other engineers' jobs: see loadavg",
+        "note": "2-core, 24 GiB, no GPU machine shared with other jobs: see loadavg",
     }
 
 

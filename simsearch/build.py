@@ -15,7 +15,12 @@ import numpy as np
 from simsearch import storage
 from simsearch.data import CLASS_NAMES, item_id, load_split
 from simsearch.encoders import load_encoder, normalize
-from simsearch.errors import ConfigError, IndexCorruptError, IndexExistsError
+from simsearch.errors import (
+    ConfigError,
+    IndexCorruptError,
+    IndexExistsError,
+    MissingDependencyError,
+)
 from simsearch.progress import Reporter
 from simsearch.search_index import SearchIndex
 from simsearch.training import TrainConfig, TrainedModel, train
@@ -185,6 +190,22 @@ def reuse_model(source: SearchIndex, workdir: Path) -> TrainedModel:
     )
 
 
+def draw_training_curve(trained: TrainedModel, workdir: Path) -> list[Path]:
+    """``training_curve.png`` of the loss history into ``workdir`` (none for PCA, which has no
+    history, or without matplotlib)."""
+    if not trained.history:
+        return []
+    from simsearch.figures import loss_label, training_curve
+
+    try:
+        path = training_curve(
+            trained.history, workdir / "training_curve.png", loss_label(trained.config.loss)
+        )
+    except MissingDependencyError:
+        return []
+    return [path]
+
+
 def build_index(
     config: BuildConfig,
     index_dir: Path,
@@ -248,6 +269,7 @@ def _build(
             )
             labels = training_labels(config, catalog) if config.train.use_labels else None
             trained = train(train_images, config.train, workdir, reporter, tensorboard_dir, labels)
+            trained.extra_files += draw_training_curve(trained, workdir)
         vectors = embed_catalog(trained.encoder_file, catalog.pixels, reporter)
         index_type = choose_type(config.index_type, len(catalog.ids))
         index_params = {**default_params(index_type, len(catalog.ids)), **config.index_params}

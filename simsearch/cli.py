@@ -8,6 +8,7 @@ line on stderr and exit code 1; usage errors are Typer's own (exit 2).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+from simsearch.recipes import MAX_TAIL_CONVS, RECIPES, TrainConfig, default_text
 
 if TYPE_CHECKING:
     from simsearch.hit import Hit
@@ -37,6 +40,9 @@ IndexDir = Annotated[
     ),
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or status lines.")]
+Verbose = Annotated[
+    bool, typer.Option("--verbose", help="Also show TensorFlow's start-up and C++ log lines.")
+]
 
 
 def fail(message: str) -> typer.Exit:
@@ -72,6 +78,13 @@ def _index_dir(index_dir: Path | None) -> Path:
     return index_dir if index_dir is not None else default_index_dir()
 
 
+def _noise_default() -> str:
+    """conv-denoising's training noise without and with --use-labels, for the help."""
+    entry = RECIPES["conv-denoising"]
+    noise = entry.corruption.noise if entry.corruption else 0.0
+    return f"{noise:g}; {entry.labels_noise or 0.0:g} with --use-labels"
+
+
 @app.command("build-index")
 def build_index_cmd(
     catalog: Annotated[
@@ -79,40 +92,43 @@ def build_index_cmd(
     ] = "fashion-mnist",
     split: Annotated[str, typer.Option(help="Split to index: train, test or all.")] = "train",
     model: Annotated[
-        str,
-        typer.Option(
-            help="conv-denoising (default), pca, dense, deep, conv, denoising, sparse or vae"
-        ),
-    ] = "conv-denoising",
-    code_size: Annotated[int, typer.Option(help="Embedding dimension D.")] = 64,
-    epochs: Annotated[int, typer.Option(help="Epochs (cosine schedule, early stopping).")] = 20,
+        str, typer.Option(help=f"Model kind: {', '.join(RECIPES)}.")
+    ] = TrainConfig.model,
+    code_size: Annotated[int, typer.Option(help="Embedding dimension D.")] = TrainConfig.code_size,
+    epochs: Annotated[
+        int, typer.Option(help="Epochs (cosine schedule, early stopping).")
+    ] = TrainConfig.epochs,
     whiten: Annotated[
         float | None,
-        typer.Option(help="PCA-whitening power folded into the encoder [0.25 for conv-denoising]."),
+        typer.Option(
+            help=f"PCA-whitening power folded into the encoder, 0-0.5 [{default_text('whiten')}]."
+        ),
     ] = None,
     mirror: Annotated[
         bool | None,
         typer.Option(
             "--mirror/--no-mirror",
-            help="Code = mean of the image's and its mirror image's codes [on for conv-denoising; "
-            "off embeds twice as fast].",
+            help="Code = mean of the image's and its mirror image's codes "
+            f"[{default_text('mirror')}; off embeds twice as fast].",
         ),
     ] = None,
     tail_convs: Annotated[
         int,
-        typer.Option(help="conv-denoising: stride-1 convs at 7x7 after the strided ones (0-4)."),
-    ] = 0,
+        typer.Option(
+            help="conv-denoising: stride-1 convs at 7x7 after the strided ones "
+            f"(0-{MAX_TAIL_CONVS})."
+        ),
+    ] = TrainConfig.tail_convs,
     noise: Annotated[
         float | None,
         typer.Option(
-            help="conv-denoising: std of the training noise on [0, 1] pixels "
-            "[0.1; 0 with --use-labels]."
+            help=f"conv-denoising: std of the training noise on [0, 1] pixels [{_noise_default()}]."
         ),
     ] = None,
     limit: Annotated[int | None, typer.Option(help="Use only the first N items.")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed (repeatable runs).")] = 0,
-    loss: Annotated[str, typer.Option(help="bce or mse.")] = "bce",
-    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 256,
+    seed: Annotated[int, typer.Option(help="Random seed (repeatable runs).")] = TrainConfig.seed,
+    loss: Annotated[str, typer.Option(help="bce or mse.")] = TrainConfig.loss,
+    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = TrainConfig.batch_size,
     index_type: Annotated[
         str,
         typer.Option(
@@ -146,12 +162,13 @@ def build_index_cmd(
     ] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing index.")] = False,
     quiet: Quiet = False,
+    verbose: Verbose = False,
 ) -> None:
     """Train an autoencoder, embed the catalog and save a FAISS cosine index."""
+    _show_tensorflow_logs(verbose)
     with user_errors():
         from simsearch.build import BuildConfig, build_index
         from simsearch.progress import Reporter
-        from simsearch.training import TrainConfig
 
         config = BuildConfig(
             catalog=catalog,
@@ -184,6 +201,13 @@ def build_index_cmd(
             f"built {target}: {len(index):,} items, {index.dim}-d {kind} embeddings"
             + (f", {skipped} unreadable file(s) skipped" if skipped else "")
         )
+
+
+def _show_tensorflow_logs(verbose: bool) -> None:
+    """--verbose: TensorFlow's start-up and C++ log lines, which are hidden otherwise
+    (``simsearch.models.import_keras``)."""
+    if verbose:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
 
 
 def _index_params(
@@ -492,8 +516,10 @@ def reconstruct(
     ] = False,
     seed: Annotated[int, typer.Option(help="Random seed (which items).")] = 0,
     quiet: Quiet = False,
+    verbose: Verbose = False,
 ) -> None:
     """Draw catalog items and the model's reconstructions of them (MSE per row on stderr)."""
+    _show_tensorflow_logs(verbose)
     with user_errors():
         from simsearch import figures
         from simsearch.progress import Reporter
@@ -632,10 +658,6 @@ def _describe(directory: Path, m: dict[str, Any]) -> list[str]:
     for name, entry in m["files"].items():
         lines.append(f"  {name:<22} {entry['bytes']:>12,} bytes  sha256 {entry['sha256'][:12]}")
     return lines
-
-
-def main() -> None:  # pragma: no cover - console entry point alias
-    app()
 
 
 if __name__ == "__main__":  # pragma: no cover

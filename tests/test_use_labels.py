@@ -1,4 +1,4 @@
-"""``build-index --use-labels``: a training-only classifier head shapes the code (issue #4)."""
+"""``build-index --use-labels``: a training-only classifier head shapes the code."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ def run(*args: str | Path) -> object:
     return runner.invoke(app, [str(a) for a in args])
 
 
+@pytest.mark.slow
 def test_build_index_use_labels(fake_data_dir: Path, tmp_path: Path) -> None:
     """The flag trains (1 epoch, fake data), the manifest records it, the encoder stays
     pixels -> code and the training history carries the classification term."""
