@@ -148,10 +148,19 @@ class VectorIndex:
 
     ``rows`` maps FAISS positions to catalog rows (-1: a removed item an HNSW graph still holds,
     skipped by every search); ``None`` means position == row.
+
+    ``unreachable`` (HNSW): positions the graph walk does not reach from its entry point, even
+    from their own vector (a few outliers in a large graph). Every search also scores them
+    exactly, so each catalog item can always be found, by its own image first of all.
     """
 
     def __init__(
-        self, index: Any, kind: str, params: dict[str, Any], rows: np.ndarray | None = None
+        self,
+        index: Any,
+        kind: str,
+        params: dict[str, Any],
+        rows: np.ndarray | None = None,
+        unreachable: np.ndarray | None = None,
     ) -> None:
         self.index = index
         self.kind = kind
@@ -161,10 +170,19 @@ class VectorIndex:
         self.tombstones = len(live) - int(np.count_nonzero(live))
         # Positions that may be returned (all but tombstones), as a FAISS selector bitmap.
         self._live = _Selection(live) if self.tombstones else None
+        self.unreachable = (
+            None if unreachable is None or not len(unreachable) else np.sort(unreachable)
+        )
+        self._unreachable_vectors = (
+            None
+            if self.unreachable is None
+            else np.stack([index.reconstruct(int(p)) for p in self.unreachable])
+        )
 
     @classmethod
     def build(cls, vectors: np.ndarray, kind: str, params: dict[str, Any]) -> VectorIndex:
-        return cls(build(vectors, kind, params), kind, params)
+        index = build(vectors, kind, params)
+        return cls(index, kind, params, unreachable=find_unreachable(index, kind, vectors, 0))
 
     @property
     def d(self) -> int:
@@ -215,9 +233,32 @@ class VectorIndex:
         if k <= 0:
             return np.zeros((len(vectors), 0), np.float32), np.zeros((len(vectors), 0), np.int64)
         scores, positions = search(self.index, vectors, k, self._search_params(k, selection))
+        if self.unreachable is not None:
+            scores, positions = self._with_unreachable(vectors, k, scores, positions, selection)
         if self.rows is None:
             return scores, positions
         return scores, np.where(positions >= 0, self.rows[np.maximum(positions, 0)], -1)
+
+    def _with_unreachable(
+        self,
+        vectors: np.ndarray,
+        k: int,
+        scores: np.ndarray,
+        positions: np.ndarray,
+        selection: _Selection | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Merge the exactly scored unreachable positions into a graph search's top k."""
+        assert self.unreachable is not None and self._unreachable_vectors is not None
+        keep = np.ones(len(self.unreachable), bool)
+        if selection is not None:
+            keep = selection.contains(self.unreachable)
+        if not keep.any():
+            return scores, positions
+        extra = np.asarray(vectors, np.float32) @ self._unreachable_vectors[keep].T
+        extra_positions = np.broadcast_to(self.unreachable[keep], extra.shape)
+        found = np.isin(positions, self.unreachable[keep])  # already found by the walk
+        scores = np.where(found, -np.inf, scores).astype(np.float32)
+        return merge_top_k([(scores, np.where(found, -1, positions)), (extra, extra_positions)], k)
 
     def _search_params(self, k: int, selection: _Selection | None) -> Any:
         import faiss
@@ -246,12 +287,15 @@ class VectorIndex:
         import faiss
 
         clone = faiss.clone_index(self.index)
+        start = clone.ntotal
         clone.add(np.ascontiguousarray(vectors, dtype=np.float32))
         rows = self.rows
         if rows is not None:  # new FAISS positions follow the old ones
             live = int(np.count_nonzero(rows >= 0))
             rows = np.concatenate([rows, np.arange(live, live + len(vectors), dtype=np.int64)])
-        return VectorIndex(clone, self.kind, self.params, rows)
+        new = find_unreachable(clone, self.kind, vectors, start)
+        old = self.unreachable if self.unreachable is not None else np.zeros(0, np.int64)
+        return VectorIndex(clone, self.kind, self.params, rows, np.concatenate([old, new]))
 
     def removed(self, keep: np.ndarray, vectors: np.ndarray) -> VectorIndex:
         """A new index over the rows where ``keep`` is True; ``vectors`` are those rows' vectors.
@@ -267,7 +311,7 @@ class VectorIndex:
             tombstones = int(np.count_nonzero(mapped < 0))
             if tombstones <= MAX_TOMBSTONE_FRACTION * len(mapped):
                 rows = mapped.astype(np.int64) if tombstones else None
-                return VectorIndex(self.index, self.kind, self.params, rows)
+                return VectorIndex(self.index, self.kind, self.params, rows, self.unreachable)
         if self.kind == "ivf":
             import faiss
 
@@ -279,15 +323,31 @@ class VectorIndex:
         return VectorIndex.build(vectors, self.kind, self.params)
 
 
+def find_unreachable(index: Any, kind: str, vectors: np.ndarray, start: int) -> np.ndarray:
+    """Positions (from ``start``, of ``vectors``) that an HNSW search for their own vector does
+    not return: nodes the graph walk cannot reach. Empty for other index types."""
+    if kind != "hnsw" or not len(vectors):
+        return np.zeros(0, np.int64)
+    scores, found = index.search(np.ascontiguousarray(vectors, dtype=np.float32), 1)
+    itself = found[:, 0] == np.arange(start, start + len(vectors))
+    # A duplicate of the item (same vector) is as good as the item itself.
+    lost = ~itself & (scores[:, 0] < 1.0 - 1e-5)
+    return (np.flatnonzero(lost) + start).astype(np.int64)
+
+
 class _Selection:
     """A set of FAISS positions as an ``IDSelectorBitmap`` (the bitmap kept alive with it)."""
 
     def __init__(self, mask: np.ndarray) -> None:
         import faiss
 
+        self.mask = mask
         self.count = int(np.count_nonzero(mask))
         self._bits = np.packbits(mask, bitorder="little")
         self.selector = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(self._bits))
+
+    def contains(self, positions: np.ndarray) -> np.ndarray:
+        return np.asarray(self.mask[positions], dtype=bool)
 
 
 class ShardedIndex:
@@ -413,12 +473,12 @@ def shard_sizes(count: int, shards: int) -> list[int]:
 
 
 Searcher = VectorIndex | ShardedIndex
-SHARD_FILE = re.compile(r"(index-\d{3,4}\.faiss|faiss_rows-\d{3,4}\.npy)")
+INDEX_FILE = re.compile(r"(index|faiss_rows|hnsw_unreachable)(-\d{3,4})?\.(faiss|npy)")
 
 
 def is_index_file(name: str) -> bool:
     """A file of the index's FAISS part (one index, or its shards)."""
-    return name in ("index.faiss", "faiss_rows.npy") or bool(SHARD_FILE.fullmatch(name))
+    return bool(INDEX_FILE.fullmatch(name))
 
 
 def describe(searcher: Searcher) -> dict[str, Any]:
@@ -442,12 +502,31 @@ def file_writers(searcher: Searcher) -> dict[str, Callable[[Path], None]]:
         writers[f"index{tail}.faiss"] = functools.partial(save, part.index)
         if part.rows is not None:
             writers[f"faiss_rows{tail}.npy"] = functools.partial(_save_rows, part.rows)
+        if part.unreachable is not None:
+            writers[f"hnsw_unreachable{tail}.npy"] = functools.partial(_save_rows, part.unreachable)
     return writers
 
 
 def _save_rows(rows: np.ndarray, path: Path) -> None:
     with open(path, "wb") as f:
         np.save(f, np.ascontiguousarray(rows, dtype=np.int64), allow_pickle=False)
+
+
+def _positions(
+    files: Collection[str], name: str, path_of: Callable[[str], Path]
+) -> np.ndarray | None:
+    """A 1-d int64 array file of the index, or None when the index has none."""
+    if name not in files:
+        return None
+    try:
+        array = np.load(path_of(name), allow_pickle=False)
+    except IndexCorruptError:
+        raise
+    except Exception as exc:  # numpy raises ValueError/OSError on a bad file
+        raise IndexCorruptError(f"{name}: unreadable ({exc})") from None
+    if array.ndim != 1 or array.dtype.kind not in "iu":
+        raise IndexCorruptError(f"{name}: not a 1-d integer array")
+    return array.astype(np.int64)
 
 
 def open_searcher(
@@ -459,20 +538,17 @@ def open_searcher(
     names = [f"-{i:03d}" for i in range(len(sizes))] if sizes is not None else [""]
     parts = []
     for tail in names:
-        rows = None
-        if f"faiss_rows{tail}.npy" in files:
-            try:
-                rows = np.load(path_of(f"faiss_rows{tail}.npy"), allow_pickle=False)
-            except IndexCorruptError:
-                raise
-            except Exception as exc:  # numpy raises ValueError/OSError on a bad file
-                raise IndexCorruptError(f"faiss_rows{tail}.npy: unreadable ({exc})") from None
-            if rows.ndim != 1 or rows.dtype.kind not in "iu":
-                raise IndexCorruptError(f"faiss_rows{tail}.npy: not a 1-d integer array")
+        rows = _positions(files, f"faiss_rows{tail}.npy", path_of)
+        unreachable = _positions(files, f"hnsw_unreachable{tail}.npy", path_of)
         if f"index{tail}.faiss" not in files:
             raise IndexCorruptError(f"the manifest lists no index{tail}.faiss")
         index = load(path_of(f"index{tail}.faiss"))
-        parts.append(VectorIndex(index, conf["type"], conf.get("params") or {}, rows))
+        if unreachable is not None and (
+            len(unreachable) and (unreachable.min() < 0 or unreachable.max() >= index.ntotal)
+        ):
+            raise IndexCorruptError(f"hnsw_unreachable{tail}.npy: positions out of range")
+        kind, params = conf["type"], conf.get("params") or {}
+        parts.append(VectorIndex(index, kind, params, rows, unreachable))
     if sizes is None:
         return parts[0]
     sharded = ShardedIndex(parts)

@@ -309,3 +309,36 @@ def test_an_index_travels_to_another_process(pca_index_dir: Path) -> None:
     with pytest.raises(ConfigError, match="closed"):
         scoped.query(np.asarray(index.images[5]))
     assert "400 items" in repr(index)
+
+
+def test_hnsw_nodes_the_graph_cannot_reach_are_still_found(tmp_path: Path) -> None:
+    """A sparse graph (M 4, efConstruction 8) leaves many nodes unreachable from its entry
+    point; they are scored exactly on every search, so every item finds itself."""
+    from simsearch.encoders import normalize
+
+    rng = np.random.default_rng(0)
+    vectors = normalize(rng.normal(size=(4000, 16)).astype(np.float32))
+    sparse = vector_index.VectorIndex.build(
+        vectors, "hnsw", {"M": 4, "efConstruction": 8, "efSearch": 8}
+    )
+    _, raw = sparse.index.search(vectors, 1)
+    assert np.mean(raw[:, 0] == np.arange(4000)) < 0.95  # the bare graph misses items
+    assert sparse.unreachable is not None and len(sparse.unreachable) > 100
+    _, rows = sparse.search(vectors, 1)
+    np.testing.assert_array_equal(rows[:, 0], np.arange(4000))
+    lost = sparse.unreachable[:50]
+    allowed = np.zeros(4000, bool)
+    allowed[lost] = True
+    _, rows = sparse.search(vectors[lost], 3, allowed)
+    assert set(rows.ravel()) <= set(lost) and (rows[:, 0] == lost).all()
+    grown = sparse.added(vectors[:10] * -1)  # new nodes are checked too
+    assert grown.unreachable is not None and len(grown.unreachable) >= len(sparse.unreachable)
+    writers = vector_index.file_writers(grown)
+    assert "hnsw_unreachable.npy" in writers
+    for name, write in writers.items():
+        write(tmp_path / name)
+    reopened = vector_index.open_searcher(
+        {"type": "hnsw", "params": grown.params}, set(writers), lambda name: tmp_path / name
+    )
+    assert isinstance(reopened, vector_index.VectorIndex)
+    np.testing.assert_array_equal(reopened.unreachable, grown.unreachable)
