@@ -611,7 +611,7 @@ def duplicates(
             _duplicates_table(result.groups)
         members = sum(len(group.ids) for group in result.groups)
         compared = f"{result.items:,} items" + (
-            f" and {result.against_items:,} others" if result.against_items is not None else ""
+            f" and {result.against_items:,} from {against}" if against is not None else ""
         )
         typer.echo(
             f"{len(result.groups):,} group(s), {members:,} items, at similarity >= "

@@ -294,6 +294,8 @@ def _folder_set(
     if not files:
         raise ConfigError(f"against: no image files under {path}")
     folder = load_folder(root, reporter=reporter, paths=files)
+    if not folder.ids:
+        raise ConfigError(f"against: no usable images under {path} ({len(files)} unreadable)")
     vectors = np.zeros((len(folder.pixels), index.dim), np.float32)
     with reporter.task("embedding", total=len(folder.pixels), unit="images") as advance:
         for start in range(0, len(folder.pixels), BLOCK):

@@ -235,11 +235,21 @@ def test_against_an_index_of_another_model_is_refused(pca_index_dir: Path) -> No
         SearchIndex.load(pca_index_dir).duplicates(against=V1_INDEX)
 
 
+def test_against_one_image_file(pca_index_dir: Path, photo_folder: Path) -> None:
+    copy = photo_folder / "sub" / "copy.png"
+    result = SearchIndex.load(pca_index_dir).duplicates(against=copy)
+    assert result.against_items == 1 and not result.skipped
+    assert [g.ids for g in result] == [(ITEM, str(copy))]
+
+
 def test_against_a_missing_path(pca_index_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such file"):
         SearchIndex.load(pca_index_dir).duplicates(against=tmp_path / "nothing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no image files"):
+        SearchIndex.load(pca_index_dir).duplicates(against=tmp_path / "empty")
+    (tmp_path / "empty" / "broken.jpg").write_bytes(b"not a JPEG")
+    with pytest.raises(ConfigError, match=r"no usable images .* \(1 unreadable\)"):
         SearchIndex.load(pca_index_dir).duplicates(against=tmp_path / "empty")
 
 
@@ -311,7 +321,7 @@ def test_cli_against_folder_and_index(
     assert lines[1].split() == ["1", "first", "index", ITEM]
     assert lines[2].split()[1:] == ["against", str(photo_folder / "sub" / "copy.png")]
     assert f"skipped {photo_folder / 'broken.png'}: " in result.stderr
-    assert "among 400 items and 2 others" in result.stderr
+    assert f"among 400 items and 2 from {photo_folder} (" in result.stderr
     with Image.open(sheet) as image:
         assert image.size == sheet_size([2])
 
