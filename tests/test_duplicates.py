@@ -210,6 +210,8 @@ def test_against_a_folder(pca_index_dir: Path, photo_folder: Path) -> None:
         }
     ]
     assert result.groups[0].similarities[1] > 0.999
+    exact = index.duplicates(against=photo_folder, exact=True)
+    assert [g.to_dict() for g in exact] == [g.to_dict() for g in result]
     pixels = result.pixels(result.groups[0])
     assert pixels.shape == (2, 28, 28) and np.array_equal(pixels[0], index.item_pixels(ITEM))
 
