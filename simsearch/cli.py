@@ -584,7 +584,9 @@ def duplicates(
     sheet: Annotated[
         Path | None, typer.Option(help="Also draw the first groups as a PNG contact sheet.")
     ] = None,
-    sheet_groups: Annotated[int, typer.Option(min=1, help="Groups drawn on the sheet.")] = 20,
+    sheet_groups: Annotated[
+        int | None, typer.Option(min=1, help="Groups drawn on the sheet [20].")
+    ] = None,
     quiet: Quiet = False,
 ) -> None:
     """Near-duplicate groups: every two members at least --threshold similar (largest first)."""

@@ -351,12 +351,13 @@ def _numbered(drafts: list[tuple[float, DuplicateGroup]]) -> list[DuplicateGroup
     return [replace(group, group=number) for number, (_, group) in enumerate(drafts, start=1)]
 
 
-def draw_sheet(result: Duplicates, out: str | os.PathLike[str], groups: int = SHEET_GROUPS) -> Path:
-    """The first ``groups`` groups as a PNG contact sheet, one block each: the first item
-    (framed), then the others captioned with their id and similarity to the first.
-    Raises ConfigError (no groups; an index without images), OutputError."""
+def draw_sheet(result: Duplicates, out: str | os.PathLike[str], groups: int | None = None) -> Path:
+    """The first ``groups`` groups (default SHEET_GROUPS) as a PNG contact sheet, one block
+    each: the first item (framed), then the others captioned with their id and similarity to
+    the first. Raises ConfigError (no groups; an index without images), OutputError."""
     from simsearch import sheets
 
+    groups = SHEET_GROUPS if groups is None else groups
     if groups < 1:
         raise ConfigError(f"groups to draw must be at least 1, got {groups}")
     blocks = [sheet_block(result, group) for group in result.groups[:groups]]

@@ -16,7 +16,13 @@ from typer.testing import CliRunner
 
 from simsearch import SearchIndex
 from simsearch.cli import app
-from simsearch.duplicates import DEFAULT_THRESHOLD, NEIGHBOURS, Duplicates, draw_sheet
+from simsearch.duplicates import (
+    DEFAULT_THRESHOLD,
+    NEIGHBOURS,
+    SHEET_GROUPS,
+    Duplicates,
+    draw_sheet,
+)
 from simsearch.encoders import LinearEncoder, fit_pca, normalize
 from simsearch.errors import ConfigError, IncompatibleIndexError
 from simsearch.sheets import sheet_size
@@ -366,9 +372,11 @@ def test_cli_sheet_from_an_index_whose_images_changed(pca_index_dir: Path, tmp_p
     assert "group" not in result.stdout  # type: ignore[attr-defined]
 
 
-def test_cli_help_states_the_default_threshold() -> None:
-    result = run("duplicates", "--help")
-    assert f"[{DEFAULT_THRESHOLD}]" in " ".join(result.stdout.split())
+def test_cli_help_states_the_library_defaults() -> None:
+    """The CLI spells its defaults out (its --help imports no numpy): they must stay these."""
+    text = " ".join(run("duplicates", "--help").stdout.split())
+    assert f"-1 to 1 [{DEFAULT_THRESHOLD}]" in text
+    assert f"Groups drawn on the sheet [{SHEET_GROUPS}]" in text
 
 
 def test_pairs_in_groups_are_near_duplicate_pairs(planted_dir: Path) -> None:
