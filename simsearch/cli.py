@@ -20,6 +20,7 @@ import typer
 from simsearch.recipes import MAX_TAIL_CONVS, RECIPES, TrainConfig, default_text
 
 if TYPE_CHECKING:
+    from simsearch.duplicates import DuplicateGroup
     from simsearch.hit import Hit
 
 app = typer.Typer(
@@ -628,6 +629,90 @@ def evaluate(
         index = SearchIndex.load(_index_dir(index_dir))
         result = run_evaluation(index, data_dir, limit=limit_queries, reporter=Reporter(quiet))
         typer.echo(json.dumps(result) if as_json else format_report(result))
+
+
+@app.command()
+def duplicates(
+    index_dir: IndexDir = None,
+    against: Annotated[
+        Path | None,
+        typer.Option(
+            help="A folder of images (recursive), an image file or another index (same model): "
+            "list its items that duplicate index items, under the index item."
+        ),
+    ] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(help="Least cosine similarity of two near-duplicates, -1 to 1 [0.997]."),
+    ] = None,
+    exact: Annotated[
+        bool,
+        typer.Option("--exact", help="Exact neighbour search (slower on HNSW and IVF indexes)."),
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="JSON Lines, one group per line.")
+    ] = False,
+    sheet: Annotated[
+        Path | None, typer.Option(help="Also draw the first groups as a PNG contact sheet.")
+    ] = None,
+    sheet_groups: Annotated[
+        int | None, typer.Option(min=1, help="Groups drawn on the sheet [20].")
+    ] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Near-duplicate groups: every two members at least --threshold similar (largest first)."""
+    with user_errors():
+        from simsearch.duplicates import check_threshold, draw_sheet
+        from simsearch.progress import Reporter
+        from simsearch.search_index import SearchIndex
+
+        threshold = check_threshold(threshold)  # fail before any work
+        if sheet is not None:
+            from simsearch.sheets import check_writable
+
+            check_writable(sheet)
+        index = SearchIndex.load(_index_dir(index_dir))
+        if sheet is not None:
+            index.images  # noqa: B018  (an index without images fails now, not after the search)
+        result = index.duplicates(threshold, against=against, exact=exact, reporter=Reporter(quiet))
+        for skipped in result.skipped:
+            typer.echo(f"skipped {skipped['path']}: {skipped['error']}", err=True)
+        if as_json:
+            for group in result.groups:
+                typer.echo(json.dumps(group.to_dict()))
+        else:
+            _duplicates_table(result.groups)
+        members = sum(len(group.ids) for group in result.groups)
+        compared = f"{result.items:,} items" + (
+            f" and {result.against_items:,} from {against}" if against is not None else ""
+        )
+        typer.echo(
+            f"{len(result.groups):,} group(s), {members:,} items, at similarity >= "
+            f"{result.threshold:g} among {compared} ({result.seconds:.1f} s)",
+            err=True,
+        )
+        if sheet is not None and result.groups:
+            draw_sheet(result, sheet, sheet_groups)
+            typer.echo(f"wrote {sheet}", err=True)
+        elif sheet is not None:
+            typer.echo(f"no groups: {sheet} not written", err=True)
+
+
+def _duplicates_table(groups: list[DuplicateGroup]) -> None:
+    if not groups:
+        typer.echo("no near-duplicates")
+        return
+    against = groups[0].origins is not None
+    typer.echo(f"{'group':>5}  {'similarity':>10}  " + ("from     " if against else "") + "id")
+    for group in groups:
+        origins = group.origins or ("",) * len(group.ids)
+        for position, (item_id, similarity, origin) in enumerate(
+            zip(group.ids, group.similarities, origins, strict=True)
+        ):
+            number = str(group.group) if position == 0 else ""
+            value = "first" if position == 0 else f"{similarity:.5f}"
+            where = f"{origin:<7}  " if against else ""
+            typer.echo(f"{number:>5}  {value:>10}  {where}{item_id}")
 
 
 def _describe(directory: Path, m: dict[str, Any]) -> list[str]:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -30,6 +30,10 @@ from simsearch.errors import (
 from simsearch.hit import Hit
 from simsearch.images import ImageInput, preprocess, preprocess_array
 from simsearch.vector_index import VectorIndex
+
+if TYPE_CHECKING:
+    from simsearch.duplicates import Duplicates
+    from simsearch.progress import Reporter
 
 MAX_K = 1000
 """The most neighbours one query may ask for (library, CLI and server alike)."""
@@ -533,6 +537,24 @@ class SearchIndex:
     def ids_for(self, rows: np.ndarray) -> NDArray[np.str_]:
         """Catalog rows (any shape, as :meth:`search` returns them) -> ids; "" for -1."""
         return _ids_of(self._version, np.asarray(rows))
+
+    def duplicates(
+        self,
+        threshold: float | None = None,
+        *,
+        against: SearchIndex | str | os.PathLike[str] | None = None,
+        exact: bool = False,
+        reporter: Reporter | None = None,
+    ) -> Duplicates:
+        """Near-duplicate groups of this index's items (or between them and ``against``: a
+        folder, an image file or an index made with the same model). ``threshold``: least
+        cosine similarity, in [-1, 1] (default ``simsearch.duplicates.DEFAULT_THRESHOLD``).
+        Iterate the result for :class:`~simsearch.duplicates.DuplicateGroup` s; the rule that
+        makes them is in :mod:`simsearch.duplicates`. Raises ConfigError, IncompatibleIndexError.
+        """
+        from simsearch.duplicates import find_duplicates
+
+        return find_duplicates(self, threshold, against=against, exact=exact, reporter=reporter)
 
     def query_detail(self, image: ImageInput, k: int = 10, **filters: Any) -> QueryResult:
         """Like :meth:`query`, with the (28, 28) uint8 model input the image became: the one
