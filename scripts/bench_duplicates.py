@@ -44,7 +44,7 @@ import numpy as np
 from simsearch import SearchIndex
 from simsearch.data import item_id, load_split
 from simsearch.duplicates import DEFAULT_THRESHOLD, Duplicates, sheet_block
-from simsearch.sheets import SheetBlock, contact_sheet
+from simsearch.figures.sheets import SheetBlock, contact_sheet
 
 PROJECTION_DIM = 32  # principal axes the candidate search runs on
 PCA_SAMPLE = 10_000  # images the axes are fitted on (any orthonormal axes keep it exact)

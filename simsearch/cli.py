@@ -668,7 +668,7 @@ def duplicates(
 
         threshold = check_threshold(threshold)  # fail before any work
         if sheet is not None:
-            from simsearch.sheets import check_writable
+            from simsearch.figures.sheets import check_writable
 
             check_writable(sheet)
         index = SearchIndex.load(_index_dir(index_dir))

@@ -40,8 +40,8 @@ from simsearch.errors import ConfigError, IncompatibleIndexError
 from simsearch.progress import Reporter
 
 if TYPE_CHECKING:
+    from simsearch.figures.sheets import SheetBlock
     from simsearch.search_index import SearchIndex
-    from simsearch.sheets import SheetBlock
 
 # The least similarity of two near-duplicates under the default model: every pair of
 # Fashion-MNIST images (train and test) within an RMS of 4 grey levels per pixel scores at least
@@ -355,7 +355,7 @@ def draw_sheet(result: Duplicates, out: str | os.PathLike[str], groups: int | No
     """The first ``groups`` groups (default SHEET_GROUPS) as a PNG contact sheet, one block
     each: the first item (framed), then the others captioned with their id and similarity to
     the first. Raises ConfigError (no groups; an index without images), OutputError."""
-    from simsearch import sheets
+    from simsearch.figures import sheets
 
     groups = SHEET_GROUPS if groups is None else groups
     if groups < 1:
@@ -366,7 +366,7 @@ def draw_sheet(result: Duplicates, out: str | os.PathLike[str], groups: int | No
 
 def sheet_block(result: Duplicates, group: DuplicateGroup) -> SheetBlock:
     """A group as one block of a contact sheet (see :func:`draw_sheet`)."""
-    from simsearch.sheets import SheetBlock
+    from simsearch.figures.sheets import SheetBlock
 
     origins = group.origins or ("",) * len(group.ids)
     captions = []

@@ -25,7 +25,7 @@ from simsearch.duplicates import (
 )
 from simsearch.encoders import LinearEncoder, fit_pca, normalize
 from simsearch.errors import ConfigError, IncompatibleIndexError
-from simsearch.sheets import sheet_size
+from simsearch.figures.sheets import sheet_size
 from tests.fakedata import make_images
 
 runner = CliRunner()

@@ -100,19 +100,29 @@ def typeface(size: int) -> Any:
         return ImageFont.load_default()
 
 
-def fit_text(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> str:
-    """``text`` shortened with an ellipsis until it is at most ``width`` pixels wide."""
+def fit_text(
+    draw: ImageDraw.ImageDraw, text: str, font: Any, width: int, tail: bool = False
+) -> str:
+    """``text`` shortened with an ellipsis until it is at most ``width`` pixels wide; ``tail``
+    keeps its end (the distinctive part of an id or a path) instead of its start."""
     if draw.textlength(text, font=font) <= width:
         return text
-    while text and draw.textlength(text + "…", font=font) > width:
-        text = text[:-1]
-    return text + "…"
+    while text and draw.textlength("…" + text if tail else text + "…", font=font) > width:
+        text = text[1:] if tail else text[:-1]
+    return "…" + text if tail else text + "…"
 
 
 def centred(
-    draw: ImageDraw.ImageDraw, x: int, y: int, width: int, text: str, font: Any, fill: str
+    draw: ImageDraw.ImageDraw,
+    x: int,
+    y: int,
+    width: int,
+    text: str,
+    font: Any,
+    fill: str,
+    tail: bool = False,
 ) -> None:
-    text = fit_text(draw, text, font, width)
+    text = fit_text(draw, text, font, width, tail)
     draw.text((x + (width - draw.textlength(text, font=font)) / 2, y), text, font=font, fill=fill)
 
 

@@ -9,17 +9,16 @@ lines of ``LINE_W`` at most, lines ``GAP`` apart.
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from simsearch.errors import ConfigError, OutputError
+from simsearch.figures.drawing import centred, check_writable, fit_text, typeface
 
 MARGIN = 12
 PAD = 8
@@ -43,22 +42,6 @@ class SheetBlock:
     title: str
     pixels: np.ndarray
     captions: Sequence[tuple[str, str]]
-
-
-def check_writable(out: str | os.PathLike[str]) -> Path:
-    """``out`` as a Path; OutputError (before any work) when it cannot be written: its folder is
-    missing or read-only, it is a directory, or its name does not end in .png."""
-    path = Path(out)
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise OutputError(f"cannot write {path}: it is a directory")
-    if not parent.is_dir():
-        raise OutputError(f"cannot write {path}: no such directory {parent}")
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"cannot write {path}: directory {parent} is not writable")
-    if path.suffix.lower() != ".png":
-        raise OutputError(f"cannot write {path}: sheets are PNG files, use a .png name")
-    return path
 
 
 def sheet_size(tiles_per_block: Sequence[int]) -> tuple[int, int]:
@@ -113,13 +96,13 @@ def contact_sheet(blocks: Sequence[SheetBlock], out: str | os.PathLike[str]) -> 
 def _draw_block(
     canvas: Image.Image, draw: ImageDraw.ImageDraw, block: SheetBlock, left: int, top: int
 ) -> None:
-    big, small = _font(13), _font(11)
+    big, small = typeface(13), typeface(11)
     if left > MARGIN:  # a rule between two blocks on one line
         x = left - GAP // 2
         draw.line((x, top + PAD, x, top + CELL_H - PAD), fill=RULE, width=1)
     for line, text in enumerate(block.title.splitlines()[:2]):
         font = big if line == 0 else small
-        draw.text((left, top + PAD + 18 * line), _fit(draw, text, font, TITLE_W - 6), INK, font)
+        draw.text((left, top + PAD + 18 * line), fit_text(draw, text, font, TITLE_W - 6), INK, font)
     count = len(block.pixels)
     shown = count if count <= COLUMNS else COLUMNS - 1
     for i in range(shown):
@@ -129,47 +112,8 @@ def _draw_block(
         tile = Image.fromarray(np.asarray(block.pixels[i]), mode="L")
         canvas.paste(tile.resize((TILE, TILE), Image.Resampling.NEAREST), (x, y))
         first, second = block.captions[i]
-        _centred(draw, x - PAD + 2, y + TILE + 4, CELL_W - 4, first, small, INK, tail=True)
-        _centred(draw, x - PAD + 2, y + TILE + 19, CELL_W - 4, second, small, GREY_INK)
+        centred(draw, x - PAD + 2, y + TILE + 4, CELL_W - 4, first, small, INK, tail=True)
+        centred(draw, x - PAD + 2, y + TILE + 19, CELL_W - 4, second, small, GREY_INK)
     if shown < count:
         x = left + TITLE_W + shown * CELL_W
-        _centred(
-            draw, x, top + PAD + TILE // 2 - 7, CELL_W, f"+{count - shown} more", big, GREY_INK
-        )
-
-
-@functools.lru_cache(maxsize=8)
-def _font(size: int) -> Any:
-    """DejaVu Sans when the system has it, else Pillow's bundled font."""
-    try:
-        return ImageFont.truetype("DejaVuSans.ttf", size)
-    except OSError:
-        pass
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: a fixed bitmap font
-        return ImageFont.load_default()
-
-
-def _fit(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int, tail: bool = False) -> str:
-    """``text`` shortened with an ellipsis to at most ``width`` pixels; ``tail`` keeps its end
-    (the distinctive part of an id or a path) instead of its start."""
-    if draw.textlength(text, font=font) <= width:
-        return text
-    while text and draw.textlength("…" + text if tail else text + "…", font=font) > width:
-        text = text[1:] if tail else text[:-1]
-    return "…" + text if tail else text + "…"
-
-
-def _centred(
-    draw: ImageDraw.ImageDraw,
-    x: int,
-    y: int,
-    width: int,
-    text: str,
-    font: Any,
-    fill: str,
-    tail: bool = False,
-) -> None:
-    text = _fit(draw, text, font, width, tail)
-    draw.text((x + (width - draw.textlength(text, font=font)) / 2, y), text, font=font, fill=fill)
+        centred(draw, x, top + PAD + TILE // 2 - 7, CELL_W, f"+{count - shown} more", big, GREY_INK)
