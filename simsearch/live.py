@@ -3,7 +3,10 @@
 Writers replace ``manifest.json`` atomically (``simsearch.storage``), so a changed manifest file
 (new inode, size or mtime) means a new complete index. :meth:`LiveIndex.current` notices that at
 most once per ``check_every`` seconds and swaps in the new index only once it has loaded and
-verified; while it loads, and if it fails to load, requests keep using the previous one.
+verified; while it loads, and if it fails to load, requests keep using the previous one. A
+version that failed is not tried again until the manifest changes again, unless only a part of
+a distributed index was unavailable at the time (UnavailableError): that is retried at the next
+check.
 """
 
 from __future__ import annotations
@@ -12,10 +15,11 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from simsearch import storage
-from simsearch.errors import SimsearchError
+from simsearch.errors import SimsearchError, UnavailableError
 from simsearch.search_index import SearchIndex
 
 log = logging.getLogger("simsearch.live")
@@ -30,10 +34,17 @@ def _stamp(directory: Path) -> tuple[int, int, int] | None:
 
 
 class LiveIndex:
-    """The newest good index at ``index.directory`` (or a fixed index if it has none)."""
+    """The newest good index at ``index.directory`` (or a fixed index if it has none), opened
+    with ``load`` (by default :meth:`SearchIndex.load`)."""
 
-    def __init__(self, index: SearchIndex, check_every: float = 1.0) -> None:
+    def __init__(
+        self,
+        index: SearchIndex,
+        check_every: float = 1.0,
+        load: Callable[[Path], SearchIndex] = SearchIndex.load,
+    ) -> None:
         self._index = index
+        self._load = load
         self._check_every = check_every
         self._directory = index.directory
         self._stamp = _stamp(index.directory) if index.directory is not None else None
@@ -63,7 +74,12 @@ class LiveIndex:
         if stamp is None or stamp == self._stamp:
             return
         try:
-            fresh = SearchIndex.load(directory)
+            fresh = self._load(directory)
+        except UnavailableError as exc:
+            log.warning(
+                "index at %s changed but could not be loaded now, retrying: %s", directory, exc
+            )
+            return  # the stamp stays old: tried again at the next check
         except SimsearchError as exc:
             log.warning(
                 "index at %s changed but did not load, keeping the previous one: %s", directory, exc

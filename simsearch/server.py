@@ -8,13 +8,16 @@ Endpoints::
     GET  /api/items/random        a random catalog item: {"id", "label", "label_name", ...}
     GET  /api/items/{id}/image    the catalog item as PNG (ids contain slashes)
     GET  /api/health              {"status": "ok", "count": N, "max_k", "max_upload_bytes", ...}
+                                  ("degraded" with "unavailable": {"shard 2": why} when shards
+                                  searched on a Ray cluster do not answer)
     GET  /docs, /redoc            API documentation (assets served locally), /openapi.json
 
 Every error is JSON ``{"error": "<one line>"}``: 400 a malformed request (not multipart, no
 ``image`` field) or a ``Host`` the server does not answer to, 403 a POST from another origin,
 404 an unknown item or path, 408 an upload that did not arrive within ``upload_timeout``, 413 an
 upload over the limit, 422 an image that cannot be used or a parameter out of range, 503 (with
-``Retry-After``) too many uploads in progress, 500 a bug or an unreadable index (details only in
+``Retry-After``) too many uploads in progress or a shard of the index not answering (never a
+partial answer), 500 a bug or an unreadable index (details only in
 the log: no error body carries a server path). The server keeps serving.
 
 Hosts: the app answers only to the names it is served as (``allowed_hosts``: by default
@@ -93,6 +96,7 @@ from simsearch.errors import (
     InvalidImageError,
     ItemNotFoundError,
     SimsearchError,
+    UnavailableError,
 )
 from simsearch.live import LiveIndex
 from simsearch.search_index import MAX_K, QueryResult, SearchIndex, default_index_dir
@@ -147,6 +151,7 @@ def create_app(
     upload_timeout: float = DEFAULT_UPLOAD_TIMEOUT,
     max_uploads: int = DEFAULT_MAX_UPLOADS,
     allowed_hosts: Collection[str] = LOOPBACK_HOSTS,
+    load: Callable[[Path], SearchIndex] = SearchIndex.load,
 ) -> FastAPI:
     """The FastAPI application serving ``index`` (a loaded index or an index directory).
 
@@ -156,7 +161,10 @@ def create_app(
     searched at once (default: the number of CPUs, at least 2); ``reload_every`` is how often
     (seconds, at most) the index directory is checked for changes. ``allowed_hosts`` are the
     names (``Host`` header, port ignored) the app answers to, ``"*"`` meaning any: other Hosts
-    get a 400, POSTs from other origins a 403 (DNS rebinding, cross-site posts).
+    get a 400, POSTs from other origins a 403 (DNS rebinding, cross-site posts). ``load`` opens
+    the index directory, at start (when ``index`` is a path) and for each new version of it (by
+    default :meth:`SearchIndex.load`; ``simsearch.ray_serve`` passes one whose shards are
+    searched on a Ray cluster).
 
     Raises ConfigError for values out of range, and the index's load errors
     (IndexNotFoundError, IndexCorruptError, ...).
@@ -171,10 +179,10 @@ def create_app(
         raise ConfigError(f"search_threads must be at least 1, got {search_threads}")
     hosts = _host_names(allowed_hosts)
     if not isinstance(index, SearchIndex):
-        index = SearchIndex.load(index)
+        index = load(Path(index))
     # Follows add/remove/rebuilds of the directory: a changed manifest is reloaded (checked at
     # most once a second); requests keep the previous index until the new one has loaded.
-    live = LiveIndex(index, check_every=reload_every)
+    live = LiveIndex(index, check_every=reload_every, load=load)
     limiter = anyio.CapacityLimiter(search_threads or max(2, os.cpu_count() or 2))
     uploads = _Uploads(max_upload_bytes, upload_timeout, max_uploads)
 
@@ -202,8 +210,11 @@ def create_app(
     @app.get("/api/health", summary="Liveness, index size and the request limits")
     def health() -> dict[str, Any]:
         search_index = live.current()
+        # Shards searched elsewhere may not answer: then searches get a 503, and this says which.
+        unavailable = search_index.searcher.unavailable()
         return {
-            "status": "ok",
+            "status": "degraded" if unavailable else "ok",
+            **({"unavailable": unavailable} if unavailable else {}),
             "count": len(search_index),
             "dim": search_index.dim,
             "model": search_index.manifest.get("model", {}).get("model"),
@@ -222,7 +233,8 @@ def create_app(
                 408: "The upload did not arrive within the upload timeout",
                 413: "Image larger than the upload limit",
                 422: "Not a usable image, or k out of range",
-                503: "Too many uploads in progress (see Retry-After)",
+                503: "Too many uploads in progress, or a shard of the index not answering "
+                "(see Retry-After)",
             }
         ),
     )
@@ -759,6 +771,7 @@ _STATUS_OF: list[tuple[type[SimsearchError], int]] = [
     (ItemNotFoundError, 404),
     (InvalidImageError, 422),
     (ConfigError, 422),
+    (UnavailableError, 503),
 ]
 _INDEX_ERRORS = (IndexCorruptError, IndexNotFoundError, IncompatibleIndexError)
 
@@ -785,6 +798,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(SimsearchError)
     async def simsearch_error(request: Request, exc: SimsearchError) -> JSONResponse:
         status = next((s for cls, s in _STATUS_OF if isinstance(exc, cls)), 500)
+        if status == 503:
+            return _error(status, str(exc), {"Retry-After": "1"})
         if status != 500:
             return _error(status, str(exc))
         log.error("%s %s: %s", request.method, request.url.path, exc)

@@ -13,10 +13,11 @@ one (copy on write), so searches running in other threads always see a complete 
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -179,6 +180,10 @@ class VectorIndex:
         """Catalog rows held (FAISS positions minus tombstones)."""
         return self.ntotal - self.tombstones
 
+    def unavailable(self) -> dict[str, str]:
+        """Parts that cannot answer now: none, the index is in this process."""
+        return {}
+
     def check(self, count: int, dim: int) -> None:
         """IndexCorruptError unless this index holds exactly ``count`` live ``dim``-d rows."""
         positions = count if self.rows is None else len(self.rows)
@@ -333,15 +338,17 @@ class ShardedIndex:
         for shard in self.shards:
             shard.check(shard.count, dim)
 
+    def unavailable(self) -> dict[str, str]:
+        return {}
+
     def search(
         self, vectors: np.ndarray, k: int, allowed: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        parts = []
-        for shard, start, end in zip(self.shards, self.starts[:-1], self.starts[1:], strict=True):
-            part_allowed = None if allowed is None else allowed[start:end]
-            scores, rows = shard.search(vectors, k, part_allowed)
-            parts.append((scores, np.where(rows >= 0, rows + start, -1)))
-        return merge_top_k(parts, k)
+        parts = [
+            shard.search(vectors, k, part)
+            for shard, part in zip(self.shards, split_allowed(allowed, self.starts), strict=True)
+        ]
+        return merge_shards(parts, self.starts, k)
 
     def added(self, vectors: np.ndarray) -> ShardedIndex:
         return ShardedIndex([*self.shards[:-1], self.shards[-1].added(vectors)])
@@ -367,6 +374,26 @@ def merge_top_k(
     key = np.where(rows >= 0, -scores.astype(np.float64), np.inf)
     order = np.lexsort((rows, key), axis=1)[:, :k]
     return np.take_along_axis(scores, order, axis=1), np.take_along_axis(rows, order, axis=1)
+
+
+def split_allowed(allowed: np.ndarray | None, starts: np.ndarray) -> list[np.ndarray | None]:
+    """A bool mask over all catalog rows -> one mask per shard (``starts``: each shard's first
+    row, then the total); None (no filter) for every shard when ``allowed`` is None."""
+    if allowed is None:
+        return [None] * (len(starts) - 1)
+    return [allowed[start:end] for start, end in itertools.pairwise(starts)]
+
+
+def merge_shards(
+    parts: list[tuple[np.ndarray, np.ndarray]], starts: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each shard's (scores, rows within the shard) for the same queries -> the overall top k
+    over catalog rows (shard i's row r is catalog row ``starts[i] + r``)."""
+    shifted = [
+        (scores, np.where(rows >= 0, rows + start, -1))
+        for (scores, rows), start in zip(parts, starts[:-1], strict=True)
+    ]
+    return merge_top_k(shifted, k)
 
 
 def build_shards(
@@ -412,7 +439,43 @@ def shard_sizes(count: int, shards: int) -> list[int]:
     return [base + (i < extra) for i in range(shards)]
 
 
-Searcher = VectorIndex | ShardedIndex
+class Searcher(Protocol):
+    """The FAISS part of a SearchIndex: a :class:`VectorIndex`, a :class:`ShardedIndex`, or
+    shards searched in other processes (``simsearch.ray_serve``). Never changed once made."""
+
+    kind: str
+    params: dict[str, Any]
+
+    @property
+    def d(self) -> int: ...
+
+    @property
+    def ntotal(self) -> int: ...
+
+    @property
+    def count(self) -> int: ...
+
+    @property
+    def tombstones(self) -> int: ...
+
+    def check(self, count: int, dim: int) -> None:
+        """IndexCorruptError unless it holds ``count`` live ``dim``-d rows."""
+
+    def search(
+        self, vectors: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(n, d) unit vectors -> scores (n, k'), catalog rows (n, k'), as VectorIndex.search."""
+        ...
+
+    def added(self, vectors: np.ndarray) -> Searcher: ...
+
+    def removed(self, keep: np.ndarray, vectors: np.ndarray) -> Searcher: ...
+
+    def unavailable(self) -> dict[str, str]:
+        """Parts that cannot answer now, by name ("shard 2"), with the reason in one line."""
+        ...
+
+
 SHARD_FILE = re.compile(r"(index-\d{3,4}\.faiss|faiss_rows-\d{3,4}\.npy)")
 
 
@@ -432,7 +495,10 @@ def describe(searcher: Searcher) -> dict[str, Any]:
 
 
 def file_writers(searcher: Searcher) -> dict[str, Callable[[Path], None]]:
-    """File name -> writer, for every file of ``searcher``."""
+    """File name -> writer, for every file of ``searcher`` (ConfigError for shards that live
+    in other processes: only their own files hold them)."""
+    if not isinstance(searcher, VectorIndex | ShardedIndex):
+        raise ConfigError("an index whose shards are served elsewhere cannot be saved from here")
     parts = searcher.shards if isinstance(searcher, ShardedIndex) else [searcher]
     suffix = (
         [f"-{i:03d}" for i in range(len(parts))] if isinstance(searcher, ShardedIndex) else [""]
@@ -456,26 +522,34 @@ def open_searcher(
     """The index described by a manifest's ``index`` section, from its files (``path_of``
     gives a checked path). Raises IndexCorruptError."""
     sizes = conf.get("shards")
-    names = [f"-{i:03d}" for i in range(len(sizes))] if sizes is not None else [""]
-    parts = []
-    for tail in names:
-        rows = None
-        if f"faiss_rows{tail}.npy" in files:
-            try:
-                rows = np.load(path_of(f"faiss_rows{tail}.npy"), allow_pickle=False)
-            except IndexCorruptError:
-                raise
-            except Exception as exc:  # numpy raises ValueError/OSError on a bad file
-                raise IndexCorruptError(f"faiss_rows{tail}.npy: unreadable ({exc})") from None
-            if rows.ndim != 1 or rows.dtype.kind not in "iu":
-                raise IndexCorruptError(f"faiss_rows{tail}.npy: not a 1-d integer array")
-        if f"index{tail}.faiss" not in files:
-            raise IndexCorruptError(f"the manifest lists no index{tail}.faiss")
-        index = load(path_of(f"index{tail}.faiss"))
-        parts.append(VectorIndex(index, conf["type"], conf.get("params") or {}, rows))
     if sizes is None:
-        return parts[0]
-    sharded = ShardedIndex(parts)
+        return open_part(conf, files, path_of)
+    sharded = ShardedIndex([open_part(conf, files, path_of, i) for i in range(len(sizes))])
     if sharded.sizes != list(sizes):
         raise IndexCorruptError(f"shards hold {sharded.sizes} items, the manifest says {sizes}")
     return sharded
+
+
+def open_part(
+    conf: dict[str, Any],
+    files: Collection[str],
+    path_of: Callable[[str], Path],
+    shard: int | None = None,
+) -> VectorIndex:
+    """One FAISS index of a manifest's ``index`` section: the unsharded one (``shard`` None) or
+    shard number ``shard``, from its files. Raises IndexCorruptError."""
+    tail = "" if shard is None else f"-{shard:03d}"
+    rows = None
+    if f"faiss_rows{tail}.npy" in files:
+        try:
+            rows = np.load(path_of(f"faiss_rows{tail}.npy"), allow_pickle=False)
+        except IndexCorruptError:
+            raise
+        except Exception as exc:  # numpy raises ValueError/OSError on a bad file
+            raise IndexCorruptError(f"faiss_rows{tail}.npy: unreadable ({exc})") from None
+        if rows.ndim != 1 or rows.dtype.kind not in "iu":
+            raise IndexCorruptError(f"faiss_rows{tail}.npy: not a 1-d integer array")
+    if f"index{tail}.faiss" not in files:
+        raise IndexCorruptError(f"the manifest lists no index{tail}.faiss")
+    index = load(path_of(f"index{tail}.faiss"))
+    return VectorIndex(index, conf["type"], conf.get("params") or {}, rows)
