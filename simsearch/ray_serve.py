@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -93,7 +93,7 @@ class IndexVersion:
 
     directory: str
     manifest: dict[str, Any]
-    digest: str = field(default="")
+    digest: str  # of the manifest: names the version
 
     @classmethod
     def of(cls, directory: Path, manifest: dict[str, Any]) -> IndexVersion:
@@ -124,34 +124,45 @@ def open_shard(version: IndexVersion, number: int) -> vector_index.VectorIndex:
 
 class ShardServer:
     """(A Ray Serve deployment.) Searches shard ``number`` of the versions the front asks for,
-    loading each once (the last KEPT_VERSIONS are kept)."""
+    loading each once. It keeps the KEPT_VERSIONS versions asked for last: the one searched
+    stays while versions that were only loaded (broken on another shard, say) come and go, since
+    its files may be gone from the directory by then."""
 
     def __init__(self, number: int) -> None:
         self.number = number
         self._shards: dict[str, vector_index.VectorIndex] = {}
+        self._used: dict[str, float] = {}  # version -> when last asked for
         self._loading = threading.Lock()  # one load at a time; searches of loaded ones go on
 
-    def load(self, version: IndexVersion) -> int:
+    async def load(self, version: IndexVersion) -> int:
         """Load ``version`` (if not yet) and return its item count. Raises IndexCorruptError."""
-        return self._shard(version).count
+        return (await self._shard(version)).count
 
-    def search(
+    async def search(
         self, version: IndexVersion, vectors: np.ndarray, k: int, allowed: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
         """(n, d) float32 unit vectors -> scores (n, k'), rows within the shard (n, k'), as
         :meth:`simsearch.vector_index.VectorIndex.search`."""
-        return self._shard(version).search(vectors, k, allowed)
+        # On the replica's event loop: a search of a few queries takes well under a
+        # millisecond, less than handing it to a thread would.
+        return (await self._shard(version)).search(vectors, k, allowed)
 
-    def _shard(self, version: IndexVersion) -> vector_index.VectorIndex:
+    async def _shard(self, version: IndexVersion) -> vector_index.VectorIndex:
+        self._used[version.digest] = time.monotonic()
         shard = self._shards.get(version.digest)
         if shard is not None:
             return shard
+        return await asyncio.to_thread(self._open, version)  # reading files: off the loop
+
+    def _open(self, version: IndexVersion) -> vector_index.VectorIndex:
         with self._loading:
             shard = self._shards.get(version.digest)
             if shard is None:
                 shard = open_shard(version, self.number)
                 while len(self._shards) >= KEPT_VERSIONS:
-                    self._shards.pop(next(iter(self._shards)))  # the oldest loaded
+                    unused = min(self._shards, key=lambda digest: self._used.get(digest, 0.0))
+                    del self._shards[unused]
+                    self._used.pop(unused, None)
                 self._shards[version.digest] = shard
                 log.info(
                     "shard %d: loaded %d items of %s", self.number, shard.count, version.digest

@@ -397,6 +397,48 @@ class TestShardedIndex:
         finally:
             (sharded_dir / "manifest.json").write_bytes(good)
 
+    def test_the_page_works_against_the_cluster(
+        self, service: Service, queries: list[tuple[str, bytes]], tmp_path: Path
+    ) -> None:
+        from tests.test_web_page import (
+            ALL_THUMBNAILS_LOADED,
+            CHROMIUM,
+            CHROMIUM_ARGS,
+            _browser_or_skip,
+            _hits,
+        )
+
+        _browser_or_skip()
+        from playwright.sync_api import sync_playwright
+
+        item = tmp_path / "item7.png"
+        item.write_bytes(queries[1][1])
+        url = str(service.ray.base_url).rstrip("/")
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page()
+                page.set_default_timeout(30_000)
+                errors: list[str] = []
+                page.on("pageerror", lambda exc: errors.append(str(exc)))
+                page.goto(url + "/")
+                count = service.ray.get("/api/health").json()["count"]
+                page.wait_for_function(
+                    f"document.querySelector('#status').textContent.includes('{count:,}')"
+                )
+                page.set_input_files("#file", str(item))
+                page.wait_for_function(ALL_THUMBNAILS_LOADED)
+                hits = _hits(page)
+                assert len(hits) == 10 and hits[0][0] == "#1" and hits[0][2] == "1.000"
+                page.click("#random")
+                page.wait_for_function(
+                    "document.querySelector('#query-name').textContent.startsWith('fashion-mnist/')"
+                )
+                page.wait_for_function(ALL_THUMBNAILS_LOADED)
+                assert _hits(page)[0][2] == "1.000" and not errors
+            finally:
+                browser.close()
+
     def test_shard_replica_killed_under_load(
         self, service: Service, queries: list[tuple[str, bytes]]
     ) -> None:
