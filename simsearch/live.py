@@ -35,16 +35,24 @@ def _stamp(directory: Path) -> tuple[int, int, int] | None:
 
 class LiveIndex:
     """The newest good index at ``index.directory`` (or a fixed index if it has none), opened
-    with ``load`` (by default :meth:`SearchIndex.load`)."""
+    with ``load`` (by default :meth:`SearchIndex.load`).
+
+    By default the caller of :meth:`current` that notices a change loads the new version (a
+    local load: about a second at most). With ``background`` a thread does, and every caller
+    goes on with the held version: for loads that wait on other processes (shards on a
+    cluster), which may take long when one of them does not answer.
+    """
 
     def __init__(
         self,
         index: SearchIndex,
         check_every: float = 1.0,
         load: Callable[[Path], SearchIndex] = SearchIndex.load,
+        background: bool = False,
     ) -> None:
         self._index = index
         self._load = load
+        self._background = background
         self._check_every = check_every
         self._directory = index.directory
         self._stamp = _stamp(index.directory) if index.directory is not None else None
@@ -52,14 +60,24 @@ class LiveIndex:
         self._lock = threading.Lock()  # one reload at a time; readers never wait on it
 
     def current(self) -> SearchIndex:
-        if self._directory is None or time.monotonic() - self._checked < self._check_every:
+        directory = self._directory
+        if directory is None or time.monotonic() - self._checked < self._check_every:
             return self._index
         if self._lock.acquire(blocking=False):
-            try:
-                self._reload_if_changed(self._directory)
-            finally:
-                self._lock.release()
+            if self._background:
+                self._checked = time.monotonic()  # no other caller starts one meanwhile
+                threading.Thread(
+                    target=self._reload_and_release, args=(directory,), daemon=True
+                ).start()
+            else:
+                self._reload_and_release(directory)
         return self._index
+
+    def _reload_and_release(self, directory: Path) -> None:
+        try:
+            self._reload_if_changed(directory)
+        finally:
+            self._lock.release()
 
     def refresh(self) -> SearchIndex:
         """Check the directory now (not at the next tick) and return the newest good index."""

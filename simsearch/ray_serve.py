@@ -49,6 +49,7 @@ from simsearch.errors import (
     SimsearchError,
     UnavailableError,
 )
+from simsearch.live import LiveIndex
 from simsearch.search_index import SearchIndex
 
 if TYPE_CHECKING:
@@ -347,21 +348,22 @@ class SimsearchApp:
         self, index_dir: str, options: dict[str, Any], shards: list[Any] | None = None
     ) -> None:
         self.options = options
-        self.load: Callable[[Path], SearchIndex] = SearchIndex.load
-        first: Callable[[Path], SearchIndex] = SearchIndex.load
-        if shards is not None:
-            # At start a shard that cannot load is reported (health: degraded), not fatal;
-            # later versions are only swapped in once every shard has them.
-            self.load = sharded_loader(shards, strict=True)
-            first = sharded_loader(shards, strict=False)
         # In a thread: waiting for the shards' answers must not block the replica's event loop
         # (Ray Serve routes the calls on it).
-        self.index = await asyncio.to_thread(first, Path(index_dir))
+        if shards is None:
+            self.index: SearchIndex | LiveIndex = await asyncio.to_thread(
+                SearchIndex.load, index_dir
+            )
+            return
+        # At start a shard that cannot load is reported (health: degraded), not fatal; later
+        # versions are loaded in the background and swapped in once every shard has them.
+        first = await asyncio.to_thread(sharded_loader(shards, strict=False), Path(index_dir))
+        self.index = LiveIndex(first, load=sharded_loader(shards, strict=True), background=True)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         from simsearch.server import create_app
 
-        return create_app(self.index, load=self.load, **self.options)
+        return create_app(self.index, **self.options)
 
 
 def application(

@@ -143,7 +143,7 @@ class UploadTooLargeError(Exception):
 
 
 def create_app(
-    index: SearchIndex | str | os.PathLike[str],
+    index: SearchIndex | LiveIndex | str | os.PathLike[str],
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     search_threads: int | None = None,
     reload_every: float = 1.0,
@@ -151,9 +151,9 @@ def create_app(
     upload_timeout: float = DEFAULT_UPLOAD_TIMEOUT,
     max_uploads: int = DEFAULT_MAX_UPLOADS,
     allowed_hosts: Collection[str] = LOOPBACK_HOSTS,
-    load: Callable[[Path], SearchIndex] = SearchIndex.load,
 ) -> FastAPI:
-    """The FastAPI application serving ``index`` (a loaded index or an index directory).
+    """The FastAPI application serving ``index`` (a loaded index, an index directory, or a
+    :class:`LiveIndex` that says how its directory is followed).
 
     ``max_upload_bytes`` bounds the uploaded image (413 above it); ``upload_timeout`` (seconds)
     bounds how long its body may take to arrive (408); ``max_uploads`` bounds how many uploads are
@@ -161,10 +161,7 @@ def create_app(
     searched at once (default: the number of CPUs, at least 2); ``reload_every`` is how often
     (seconds, at most) the index directory is checked for changes. ``allowed_hosts`` are the
     names (``Host`` header, port ignored) the app answers to, ``"*"`` meaning any: other Hosts
-    get a 400, POSTs from other origins a 403 (DNS rebinding, cross-site posts). ``load`` opens
-    the index directory, at start (when ``index`` is a path) and for each new version of it (by
-    default :meth:`SearchIndex.load`; ``simsearch.ray_serve`` passes one whose shards are
-    searched on a Ray cluster).
+    get a 400, POSTs from other origins a 403 (DNS rebinding, cross-site posts).
 
     Raises ConfigError for values out of range, and the index's load errors
     (IndexNotFoundError, IndexCorruptError, ...).
@@ -178,11 +175,14 @@ def create_app(
     if search_threads is not None and search_threads < 1:
         raise ConfigError(f"search_threads must be at least 1, got {search_threads}")
     hosts = _host_names(allowed_hosts)
-    if not isinstance(index, SearchIndex):
-        index = load(Path(index))
-    # Follows add/remove/rebuilds of the directory: a changed manifest is reloaded (checked at
-    # most once a second); requests keep the previous index until the new one has loaded.
-    live = LiveIndex(index, check_every=reload_every, load=load)
+    if isinstance(index, LiveIndex):
+        live = index
+    else:
+        if not isinstance(index, SearchIndex):
+            index = SearchIndex.load(index)
+        # Follows add/remove/rebuilds of the directory: a changed manifest is reloaded (checked
+        # at most once a second); requests keep the previous index until the new one has loaded.
+        live = LiveIndex(index, check_every=reload_every)
     limiter = anyio.CapacityLimiter(search_threads or max(2, os.cpu_count() or 2))
     uploads = _Uploads(max_upload_bytes, upload_timeout, max_uploads)
 
@@ -194,7 +194,7 @@ def create_app(
         redoc_url=None,
         lifespan=_give_back_memory,
     )
-    app.state.index = index  # as loaded at start
+    app.state.index = live.current()  # as loaded at start
     app.state.live = live
     _add_error_handlers(app)
     _add_docs(app)
