@@ -109,12 +109,21 @@ def open_shard(version: IndexVersion, number: int) -> vector_index.VectorIndex:
     sizes = conf.get("shards")
     if sizes is None or not 0 <= number < len(sizes):
         raise IndexCorruptError(f"{directory}: this version of the index has no shard {number}")
+    # The shard's files (index-002.faiss, ...) under the names of an unsharded index's
+    # (index.faiss, ...): opened as one index, by the code that opens any index.
+    tail = re.compile(rf"-{number:03d}(?=\.\w+$)")
+    names = {
+        tail.sub("", name): name
+        for name in manifest["files"]
+        if vector_index.is_index_file(name) and tail.search(name)
+    }
+    one = {key: value for key, value in conf.items() if key != "shards"}
 
     def path_of(name: str) -> Path:
-        return storage.file_path(directory, manifest, name, verify=True)
+        return storage.file_path(directory, manifest, names[name], verify=True)
 
-    shard = vector_index.open_part(conf, manifest["files"], path_of, number)
-    if shard.count != sizes[number]:
+    shard = vector_index.open_searcher(one, names, path_of)
+    if not isinstance(shard, vector_index.VectorIndex) or shard.count != sizes[number]:
         raise IndexCorruptError(
             f"{directory}: shard {number} holds {shard.count} items, the manifest says "
             f"{sizes[number]}"

@@ -363,19 +363,6 @@ class ShardedIndex:
         return ShardedIndex(shards)
 
 
-def merge_top_k(
-    parts: list[tuple[np.ndarray, np.ndarray]], k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-shard (scores, rows) of the same queries -> the overall top k (best first, ties by
-    row, -1 rows last)."""
-    scores = np.concatenate([p[0] for p in parts], axis=1)
-    rows = np.concatenate([p[1] for p in parts], axis=1)
-    k = min(k, scores.shape[1])
-    key = np.where(rows >= 0, -scores.astype(np.float64), np.inf)
-    order = np.lexsort((rows, key), axis=1)[:, :k]
-    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(rows, order, axis=1)
-
-
 def split_allowed(allowed: np.ndarray | None, starts: np.ndarray) -> list[np.ndarray | None]:
     """A bool mask over all catalog rows -> one mask per shard (``starts``: each shard's first
     row, then the total); None (no filter) for every shard when ``allowed`` is None."""
@@ -394,6 +381,19 @@ def merge_shards(
         for (scores, rows), start in zip(parts, starts[:-1], strict=True)
     ]
     return merge_top_k(shifted, k)
+
+
+def merge_top_k(
+    parts: list[tuple[np.ndarray, np.ndarray]], k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-shard (scores, rows) of the same queries -> the overall top k (best first, ties by
+    row, -1 rows last)."""
+    scores = np.concatenate([p[0] for p in parts], axis=1)
+    rows = np.concatenate([p[1] for p in parts], axis=1)
+    k = min(k, scores.shape[1])
+    key = np.where(rows >= 0, -scores.astype(np.float64), np.inf)
+    order = np.lexsort((rows, key), axis=1)[:, :k]
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(rows, order, axis=1)
 
 
 def build_shards(
@@ -522,34 +522,26 @@ def open_searcher(
     """The index described by a manifest's ``index`` section, from its files (``path_of``
     gives a checked path). Raises IndexCorruptError."""
     sizes = conf.get("shards")
+    names = [f"-{i:03d}" for i in range(len(sizes))] if sizes is not None else [""]
+    parts = []
+    for tail in names:
+        rows = None
+        if f"faiss_rows{tail}.npy" in files:
+            try:
+                rows = np.load(path_of(f"faiss_rows{tail}.npy"), allow_pickle=False)
+            except IndexCorruptError:
+                raise
+            except Exception as exc:  # numpy raises ValueError/OSError on a bad file
+                raise IndexCorruptError(f"faiss_rows{tail}.npy: unreadable ({exc})") from None
+            if rows.ndim != 1 or rows.dtype.kind not in "iu":
+                raise IndexCorruptError(f"faiss_rows{tail}.npy: not a 1-d integer array")
+        if f"index{tail}.faiss" not in files:
+            raise IndexCorruptError(f"the manifest lists no index{tail}.faiss")
+        index = load(path_of(f"index{tail}.faiss"))
+        parts.append(VectorIndex(index, conf["type"], conf.get("params") or {}, rows))
     if sizes is None:
-        return open_part(conf, files, path_of)
-    sharded = ShardedIndex([open_part(conf, files, path_of, i) for i in range(len(sizes))])
+        return parts[0]
+    sharded = ShardedIndex(parts)
     if sharded.sizes != list(sizes):
         raise IndexCorruptError(f"shards hold {sharded.sizes} items, the manifest says {sizes}")
     return sharded
-
-
-def open_part(
-    conf: dict[str, Any],
-    files: Collection[str],
-    path_of: Callable[[str], Path],
-    shard: int | None = None,
-) -> VectorIndex:
-    """One FAISS index of a manifest's ``index`` section: the unsharded one (``shard`` None) or
-    shard number ``shard``, from its files. Raises IndexCorruptError."""
-    tail = "" if shard is None else f"-{shard:03d}"
-    rows = None
-    if f"faiss_rows{tail}.npy" in files:
-        try:
-            rows = np.load(path_of(f"faiss_rows{tail}.npy"), allow_pickle=False)
-        except IndexCorruptError:
-            raise
-        except Exception as exc:  # numpy raises ValueError/OSError on a bad file
-            raise IndexCorruptError(f"faiss_rows{tail}.npy: unreadable ({exc})") from None
-        if rows.ndim != 1 or rows.dtype.kind not in "iu":
-            raise IndexCorruptError(f"faiss_rows{tail}.npy: not a 1-d integer array")
-    if f"index{tail}.faiss" not in files:
-        raise IndexCorruptError(f"the manifest lists no index{tail}.faiss")
-    index = load(path_of(f"index{tail}.faiss"))
-    return VectorIndex(index, conf["type"], conf.get("params") or {}, rows)
