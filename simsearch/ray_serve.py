@@ -432,6 +432,7 @@ def connect(address: str) -> Any:
         except OSError as exc:
             reason = exc.strerror or type(exc).__name__
             raise ClusterError(f"cannot reach a Ray cluster at {address}: {reason}") from None
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # no INFO lines on our stderr
     try:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:

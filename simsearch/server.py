@@ -1,4 +1,5 @@
 """The HTTP service: a FastAPI app over one read-only ``SearchIndex``, and the ``serve`` runner.
+(``simsearch.ray_serve`` runs this same app on a Ray cluster: ``serve --ray``.)
 
 Endpoints::
 
