@@ -80,7 +80,11 @@ class LiveIndex:
             self._lock.release()
 
     def refresh(self) -> SearchIndex:
-        """Check the directory now (not at the next tick) and return the newest good index."""
+        """Check the directory now (not at the next tick) and return the newest good index
+        (with ``background``: start that check, and return the index held)."""
+        if self._background:
+            self._checked = float("-inf")
+            return self.current()
         if self._directory is not None:
             with self._lock:
                 self._reload_if_changed(self._directory)

@@ -309,7 +309,8 @@ class SearchIndex:
 
     @property
     def searcher(self) -> vector_index.Searcher:
-        """The FAISS part: one :class:`VectorIndex`, or a :class:`ShardedIndex`."""
+        """The FAISS part: one :class:`VectorIndex`, a :class:`ShardedIndex`, or shards
+        searched elsewhere (see ``load(searcher_from=...)``)."""
         return self._version.vindex
 
     @property
