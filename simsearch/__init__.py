@@ -26,6 +26,7 @@ from simsearch.errors import (
     MissingDependencyError,
     OutputError,
     SimsearchError,
+    UnavailableError,
 )
 
 __version__ = "0.1.0"
@@ -49,6 +50,7 @@ __all__ = [
     "QueryResult",
     "SearchIndex",
     "SimsearchError",
+    "UnavailableError",
     "__version__",
 ]
 

@@ -581,17 +581,56 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ADDRESS",
+            help="Serve on the Ray cluster at ADDRESS (host:port, or auto: the one started here "
+            "with `ray start`) with Ray Serve: replicas of the app, or one deployment per shard "
+            "of a sharded index.",
+            show_default=False,
+        ),
+    ] = None,
+    replicas: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="With --ray: copies of the app (and of each shard) [default: 1].",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve the web page and the HTTP API (docs at /docs) until Ctrl-C."""
     with user_errors():
-        from simsearch.errors import MissingDependencyError
+        from simsearch.errors import ConfigError, MissingDependencyError
 
+        if ray is None and replicas is not None:
+            raise ConfigError("--replicas needs --ray (on one machine use --workers)")
+        if ray is not None and (workers != 1 or forwarded_allow_ips is not None):
+            raise ConfigError("--workers and --forwarded-allow-ips do not apply with --ray")
         try:
             from simsearch.server import serve as run_server
         except ModuleNotFoundError as exc:
             raise MissingDependencyError(
                 f"serve needs {exc.name}: pip install 'simsearch[serve]'"
             ) from None
+        if ray is not None:
+            from simsearch import ray_serve
+
+            ray_serve.run(
+                _index_dir(index_dir),
+                ray,
+                replicas or 1,
+                host,
+                port,
+                allowed_hosts=allowed_host or (),
+                root_path=root_path.rstrip("/"),
+                max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+                upload_timeout=upload_timeout,
+                max_uploads=max_uploads,
+                search_threads=search_threads,
+            )
+            return
         run_server(
             _index_dir(index_dir),
             host,

@@ -57,6 +57,11 @@ class ItemNotFoundError(SimsearchError, KeyError):
         return str(self.args[0]) if self.args else "item not found"
 
 
+class UnavailableError(SimsearchError):
+    """A part of a distributed index that does not answer now (a shard restarting, its node
+    gone, its file unreadable there): nothing partial is returned; retry in a moment."""
+
+
 class ConfigError(SimsearchError, ValueError):
     """A configuration value that is out of range or inconsistent."""
 
@@ -71,3 +76,7 @@ class MissingDependencyError(SimsearchError, ImportError):
 
 class OutputError(SimsearchError, OSError):
     """An output file (a figure, an exported image) that cannot be written."""
+
+
+class ClusterError(SimsearchError, ConnectionError):
+    """A Ray cluster that cannot be reached, or a distributed job that failed on it."""

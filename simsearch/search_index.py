@@ -7,7 +7,7 @@ import io
 import mmap
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,6 +49,8 @@ EXACT_BATCH = 256  # queries per block of exact search (a block's scores: 256 x 
 # Array shapes taken as a batch of 28x28 images (besides (n, 28, 28)).
 IMAGE_SHAPES = ((28, 28), (28, 28, 1), (1, 28, 28), (784,))
 LOAD_ATTEMPTS = 3  # a writer may replace the version being read; then read the new one
+# Where a loaded index's FAISS part comes from: (index directory, its manifest) -> searcher.
+SearcherSource = Callable[[Path, dict[str, Any]], vector_index.Searcher]
 
 
 def default_index_dir() -> Path:
@@ -311,7 +313,8 @@ class SearchIndex:
 
     @property
     def searcher(self) -> vector_index.Searcher:
-        """The FAISS part: one :class:`VectorIndex`, or a :class:`ShardedIndex`."""
+        """The FAISS part: one :class:`VectorIndex`, a :class:`ShardedIndex`, or shards
+        searched elsewhere (see ``load(searcher_from=...)``)."""
         return self._version.vindex
 
     @property
@@ -334,18 +337,28 @@ class SearchIndex:
     # ------------------------------------------------------------------ persistence
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str], verify: bool = True) -> SearchIndex:
+    def load(
+        cls,
+        directory: str | os.PathLike[str],
+        verify: bool = True,
+        *,
+        searcher_from: SearcherSource | None = None,
+    ) -> SearchIndex:
         """Open the index at ``directory``; checks the manifest, every file's sha256 and shapes.
 
         What a query needs is read (or mapped) now, so the loaded index keeps answering from
         this snapshot whatever later writers do to the directory. ``images.npy`` is checksummed
         on its first use. Raises IndexNotFoundError, IndexCorruptError or IncompatibleIndexError.
+
+        ``searcher_from(directory, manifest)`` gives the FAISS part instead of opening its files
+        here (shards searched by other processes: see ``simsearch.ray_serve``); it may raise
+        the same errors.
         """
         directory = Path(directory)
         for attempt in range(LOAD_ATTEMPTS):
             manifest = storage.read_manifest(directory)
             try:
-                return cls._load(directory, manifest, verify)
+                return cls._load(directory, manifest, verify, searcher_from)
             except IndexCorruptError:
                 # A writer may have replaced this version (and removed its files) meanwhile.
                 if attempt + 1 == LOAD_ATTEMPTS or _digest_on_disk(directory) in (
@@ -356,7 +369,13 @@ class SearchIndex:
         raise AssertionError("unreachable")  # pragma: no cover
 
     @classmethod
-    def _load(cls, directory: Path, manifest: dict[str, Any], verify: bool) -> SearchIndex:
+    def _load(
+        cls,
+        directory: Path,
+        manifest: dict[str, Any],
+        verify: bool,
+        searcher_from: SearcherSource | None,
+    ) -> SearchIndex:
         files = manifest["files"]
 
         def path(name: str) -> Path:
@@ -391,7 +410,10 @@ class SearchIndex:
             storage.file_path(directory, manifest, "images.npy", verify=False),
             files["images.npy"]["sha256"] if verify else None,
         )
-        searcher = vector_index.open_searcher(manifest["index"], files, path)
+        if searcher_from is None:
+            searcher = vector_index.open_searcher(manifest["index"], files, path)
+        else:
+            searcher = searcher_from(directory, manifest)
         extra = {
             name: storage.Existing(directory / entry["path"], entry["sha256"])
             for name, entry in files.items()

@@ -1,4 +1,5 @@
 """The HTTP service: a FastAPI app over one read-only ``SearchIndex``, and the ``serve`` runner.
+(``simsearch.ray_serve`` runs this same app on a Ray cluster: ``serve --ray``.)
 
 Endpoints::
 
@@ -8,13 +9,16 @@ Endpoints::
     GET  /api/items/random        a random catalog item: {"id", "label", "label_name", ...}
     GET  /api/items/{id}/image    the catalog item as PNG (ids contain slashes)
     GET  /api/health              {"status": "ok", "count": N, "max_k", "max_upload_bytes", ...}
+                                  ("degraded" with "unavailable": {"shard 2": why} when shards
+                                  searched on a Ray cluster do not answer)
     GET  /docs, /redoc            API documentation (assets served locally), /openapi.json
 
 Every error is JSON ``{"error": "<one line>"}``: 400 a malformed request (not multipart, no
 ``image`` field) or a ``Host`` the server does not answer to, 403 a POST from another origin,
 404 an unknown item or path, 408 an upload that did not arrive within ``upload_timeout``, 413 an
 upload over the limit, 422 an image that cannot be used or a parameter out of range, 503 (with
-``Retry-After``) too many uploads in progress, 500 a bug or an unreadable index (details only in
+``Retry-After``) too many uploads in progress or a shard of the index not answering (never a
+partial answer), 500 a bug or an unreadable index (details only in
 the log: no error body carries a server path). The server keeps serving.
 
 Hosts: the app answers only to the names it is served as (``allowed_hosts``: by default
@@ -93,6 +97,7 @@ from simsearch.errors import (
     InvalidImageError,
     ItemNotFoundError,
     SimsearchError,
+    UnavailableError,
 )
 from simsearch.live import LiveIndex
 from simsearch.search_index import MAX_K, QueryResult, SearchIndex, default_index_dir
@@ -139,7 +144,7 @@ class UploadTooLargeError(Exception):
 
 
 def create_app(
-    index: SearchIndex | str | os.PathLike[str],
+    index: SearchIndex | LiveIndex | str | os.PathLike[str],
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     search_threads: int | None = None,
     reload_every: float = 1.0,
@@ -148,7 +153,8 @@ def create_app(
     max_uploads: int = DEFAULT_MAX_UPLOADS,
     allowed_hosts: Collection[str] = LOOPBACK_HOSTS,
 ) -> FastAPI:
-    """The FastAPI application serving ``index`` (a loaded index or an index directory).
+    """The FastAPI application serving ``index`` (a loaded index, an index directory, or a
+    :class:`LiveIndex` that says how its directory is followed).
 
     ``max_upload_bytes`` bounds the uploaded image (413 above it); ``upload_timeout`` (seconds)
     bounds how long its body may take to arrive (408); ``max_uploads`` bounds how many uploads are
@@ -170,11 +176,14 @@ def create_app(
     if search_threads is not None and search_threads < 1:
         raise ConfigError(f"search_threads must be at least 1, got {search_threads}")
     hosts = _host_names(allowed_hosts)
-    if not isinstance(index, SearchIndex):
-        index = SearchIndex.load(index)
-    # Follows add/remove/rebuilds of the directory: a changed manifest is reloaded (checked at
-    # most once a second); requests keep the previous index until the new one has loaded.
-    live = LiveIndex(index, check_every=reload_every)
+    if isinstance(index, LiveIndex):
+        live = index
+    else:
+        if not isinstance(index, SearchIndex):
+            index = SearchIndex.load(index)
+        # Follows add/remove/rebuilds of the directory: a changed manifest is reloaded (checked
+        # at most once a second); requests keep the previous index until the new one has loaded.
+        live = LiveIndex(index, check_every=reload_every)
     limiter = anyio.CapacityLimiter(search_threads or max(2, os.cpu_count() or 2))
     uploads = _Uploads(max_upload_bytes, upload_timeout, max_uploads)
 
@@ -186,7 +195,7 @@ def create_app(
         redoc_url=None,
         lifespan=_give_back_memory,
     )
-    app.state.index = index  # as loaded at start
+    app.state.index = live.current()  # as loaded at start
     app.state.live = live
     _add_error_handlers(app)
     _add_docs(app)
@@ -202,8 +211,11 @@ def create_app(
     @app.get("/api/health", summary="Liveness, index size and the request limits")
     def health() -> dict[str, Any]:
         search_index = live.current()
+        # Shards searched elsewhere may not answer: then searches get a 503, and this says which.
+        unavailable = search_index.searcher.unavailable()
         return {
-            "status": "ok",
+            "status": "degraded" if unavailable else "ok",
+            **({"unavailable": unavailable} if unavailable else {}),
             "count": len(search_index),
             "dim": search_index.dim,
             "model": search_index.manifest.get("model", {}).get("model"),
@@ -222,7 +234,8 @@ def create_app(
                 408: "The upload did not arrive within the upload timeout",
                 413: "Image larger than the upload limit",
                 422: "Not a usable image, or k out of range",
-                503: "Too many uploads in progress (see Retry-After)",
+                503: "Too many uploads in progress, or a shard of the index not answering "
+                "(see Retry-After)",
             }
         ),
     )
@@ -759,6 +772,7 @@ _STATUS_OF: list[tuple[type[SimsearchError], int]] = [
     (ItemNotFoundError, 404),
     (InvalidImageError, 422),
     (ConfigError, 422),
+    (UnavailableError, 503),
 ]
 _INDEX_ERRORS = (IndexCorruptError, IndexNotFoundError, IncompatibleIndexError)
 
@@ -785,6 +799,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(SimsearchError)
     async def simsearch_error(request: Request, exc: SimsearchError) -> JSONResponse:
         status = next((s for cls, s in _STATUS_OF if isinstance(exc, cls)), 500)
+        if status == 503:
+            return _error(status, str(exc), {"Retry-After": "1"})
         if status != 500:
             return _error(status, str(exc))
         log.error("%s %s: %s", request.method, request.url.path, exc)

@@ -13,10 +13,11 @@ one (copy on write), so searches running in other threads always see a complete 
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -196,6 +197,10 @@ class VectorIndex:
     def count(self) -> int:
         """Catalog rows held (FAISS positions minus tombstones)."""
         return self.ntotal - self.tombstones
+
+    def unavailable(self) -> dict[str, str]:
+        """Parts that cannot answer now: none, the index is in this process."""
+        return {}
 
     def check(self, count: int, dim: int) -> None:
         """IndexCorruptError unless this index holds exactly ``count`` live ``dim``-d rows."""
@@ -393,15 +398,17 @@ class ShardedIndex:
         for shard in self.shards:
             shard.check(shard.count, dim)
 
+    def unavailable(self) -> dict[str, str]:
+        return {}
+
     def search(
         self, vectors: np.ndarray, k: int, allowed: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        parts = []
-        for shard, start, end in zip(self.shards, self.starts[:-1], self.starts[1:], strict=True):
-            part_allowed = None if allowed is None else allowed[start:end]
-            scores, rows = shard.search(vectors, k, part_allowed)
-            parts.append((scores, np.where(rows >= 0, rows + start, -1)))
-        return merge_top_k(parts, k)
+        parts = [
+            shard.search(vectors, k, part)
+            for shard, part in zip(self.shards, split_allowed(allowed, self.starts), strict=True)
+        ]
+        return merge_shards(parts, self.starts, k)
 
     def added(self, vectors: np.ndarray) -> ShardedIndex:
         return ShardedIndex([*self.shards[:-1], self.shards[-1].added(vectors)])
@@ -414,6 +421,26 @@ class ShardedIndex:
             shards.append(shard.removed(part, vectors[taken : taken + n]))
             taken += n
         return ShardedIndex(shards)
+
+
+def split_allowed(allowed: np.ndarray | None, starts: np.ndarray) -> list[np.ndarray | None]:
+    """A bool mask over all catalog rows -> one mask per shard (``starts``: each shard's first
+    row, then the total); None (no filter) for every shard when ``allowed`` is None."""
+    if allowed is None:
+        return [None] * (len(starts) - 1)
+    return [allowed[start:end] for start, end in itertools.pairwise(starts)]
+
+
+def merge_shards(
+    parts: list[tuple[np.ndarray, np.ndarray]], starts: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each shard's (scores, rows within the shard) for the same queries -> the overall top k
+    over catalog rows (shard i's row r is catalog row ``starts[i] + r``)."""
+    shifted = [
+        (scores, np.where(rows >= 0, rows + start, -1))
+        for (scores, rows), start in zip(parts, starts[:-1], strict=True)
+    ]
+    return merge_top_k(shifted, k)
 
 
 def merge_top_k(
@@ -472,7 +499,43 @@ def shard_sizes(count: int, shards: int) -> list[int]:
     return [base + (i < extra) for i in range(shards)]
 
 
-Searcher = VectorIndex | ShardedIndex
+class Searcher(Protocol):
+    """The FAISS part of a SearchIndex: a :class:`VectorIndex`, a :class:`ShardedIndex`, or
+    shards searched in other processes (``simsearch.ray_serve``). Never changed once made."""
+
+    kind: str
+    params: dict[str, Any]
+
+    @property
+    def d(self) -> int: ...
+
+    @property
+    def ntotal(self) -> int: ...
+
+    @property
+    def count(self) -> int: ...
+
+    @property
+    def tombstones(self) -> int: ...
+
+    def check(self, count: int, dim: int) -> None:
+        """IndexCorruptError unless it holds ``count`` live ``dim``-d rows."""
+
+    def search(
+        self, vectors: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(n, d) unit vectors -> scores (n, k'), catalog rows (n, k'), as VectorIndex.search."""
+        ...
+
+    def added(self, vectors: np.ndarray) -> Searcher: ...
+
+    def removed(self, keep: np.ndarray, vectors: np.ndarray) -> Searcher: ...
+
+    def unavailable(self) -> dict[str, str]:
+        """Parts that cannot answer now, by name ("shard 2"), with the reason in one line."""
+        ...
+
+
 INDEX_FILE = re.compile(r"(index|faiss_rows|hnsw_unreachable)(-\d{3,4})?\.(faiss|npy)")
 
 
@@ -492,7 +555,10 @@ def describe(searcher: Searcher) -> dict[str, Any]:
 
 
 def file_writers(searcher: Searcher) -> dict[str, Callable[[Path], None]]:
-    """File name -> writer, for every file of ``searcher``."""
+    """File name -> writer, for every file of ``searcher`` (ConfigError for shards that live
+    in other processes: only their own files hold them)."""
+    if not isinstance(searcher, VectorIndex | ShardedIndex):
+        raise ConfigError("an index whose shards are served elsewhere cannot be saved from here")
     parts = searcher.shards if isinstance(searcher, ShardedIndex) else [searcher]
     suffix = (
         [f"-{i:03d}" for i in range(len(parts))] if isinstance(searcher, ShardedIndex) else [""]
