@@ -71,3 +71,7 @@ class MissingDependencyError(SimsearchError, ImportError):
 
 class OutputError(SimsearchError, OSError):
     """An output file (a figure, an exported image) that cannot be written."""
+
+
+class ClusterError(SimsearchError, ConnectionError):
+    """A Ray cluster that cannot be reached, or a distributed job that failed on it."""

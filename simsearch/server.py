@@ -128,6 +128,7 @@ def create_app(
             "model": search_index.manifest.get("model", {}).get("model"),
             "max_upload_bytes": max_upload_bytes,
             "max_k": MAX_K,
+            "item_images": search_index.has_item_images,
         }
 
     @app.post(

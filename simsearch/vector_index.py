@@ -34,6 +34,7 @@ HNSW_UP_TO = 2_000_000
 # HNSW: removed items kept as tombstones up to this share of the graph, then it is rebuilt.
 MAX_TOMBSTONE_FRACTION = 0.1
 MAX_EF_SEARCH = 1 << 16
+TRAIN_PER_LIST = 256  # FAISS's k-means uses at most this many points per centroid
 
 
 def choose_type(index_type: str, count: int) -> str:
@@ -402,6 +403,17 @@ def filled(empty: Any, vectors: np.ndarray) -> Any:
     index = faiss.clone_index(empty)
     index.add(np.ascontiguousarray(vectors, dtype=np.float32))
     return index
+
+
+def training_sample(vectors: np.ndarray, params: dict[str, Any], seed: int = 0) -> np.ndarray:
+    """The vectors an IVF quantizer is trained on: all of them up to TRAIN_PER_LIST per list,
+    else a seeded random sample of that many (FAISS's k-means would subsample to it anyway), so
+    training costs the same whatever the catalog size and is done once for all shards."""
+    size = TRAIN_PER_LIST * int(params.get("nlist", 1))
+    if len(vectors) <= size:
+        return vectors
+    rows = np.sort(np.random.default_rng(seed).choice(len(vectors), size, replace=False))
+    return np.ascontiguousarray(vectors[rows])
 
 
 def shard_sizes(count: int, shards: int) -> list[int]:

@@ -6,6 +6,7 @@ let lastQuery = null; // {blob, name}: re-run when k changes
 let maxUpload = 16 * 1024 * 1024;
 let originalUrl = null;
 let inFlight = null; // AbortController of the running search: a newer one replaces it
+let itemImages = true; // false: an index built from embeddings without the item images
 
 function itemImageUrl(id) {
   return "api/items/" + id.split("/").map(encodeURIComponent).join("/") + "/image";
@@ -78,11 +79,18 @@ function render(data, blob) {
     const li = document.createElement("li");
     li.className = "hit";
     li.title = `${hit.id}\ndistance ${hit.distance.toFixed(4)}`;
-    const img = document.createElement("img");
-    img.className = "pixels";
-    img.loading = "lazy";
-    img.alt = hit.id;
-    img.src = itemImageUrl(hit.id);
+    let img;
+    if (itemImages) {
+      img = document.createElement("img");
+      img.className = "pixels";
+      img.loading = "lazy";
+      img.alt = hit.id;
+      img.src = itemImageUrl(hit.id);
+    } else {
+      img = document.createElement("div");
+      img.className = "pixels none";
+      img.textContent = "no image";
+    }
     const rank = document.createElement("span");
     rank.className = "rank";
     rank.textContent = `#${hit.rank}`;
@@ -151,8 +159,14 @@ function init() {
     .then((r) => r.json())
     .then((h) => {
       maxUpload = h.max_upload_bytes || maxUpload;
+      itemImages = h.item_images !== false;
       $("status").textContent =
-        `${h.count.toLocaleString("en")} catalog items · ${h.model || "?"} model, ${h.dim}-d`;
+        `${h.count.toLocaleString("en")} catalog items · ${h.model || "?"} model, ${h.dim}-d` +
+        (itemImages ? "" : " · no item images");
+      if (!itemImages) {
+        $("random").disabled = true;
+        $("random").title = "this index has no item images (built from embeddings without them)";
+      }
     })
     .catch(() => { $("status").textContent = "server not reachable"; });
 }
