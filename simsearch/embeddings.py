@@ -300,8 +300,8 @@ class EmbedParts:
     (``Dataset.map_batches`` builds one per actor and calls it with an Arrow table of
     :class:`Items` columns). The encoder is read from ``folder`` and checked against its sha256;
     each instance holds its own session. Returns a one-row table describing the part: ``file``
-    ("" when every item was skipped), ``rows`` (the catalog rows of the batch), ``count``,
-    ``sha256``, ``bytes``, ``skipped`` (JSON).
+    ("" when every item was skipped), ``first`` and ``rows`` (the batch: catalog rows
+    [first, first + rows)), ``count`` (items written), ``sha256``, ``bytes``, ``skipped`` (JSON).
     """
 
     def __init__(
@@ -333,6 +333,9 @@ class EmbedParts:
     def __call__(self, items: Any) -> Any:
         pa = parquet._pyarrow()
         rows = items.column("row").to_numpy()
+        first = int(rows[0]) if len(rows) else 0
+        if not np.array_equal(rows, np.arange(first, first + len(rows))):
+            raise ConfigError("a batch of items must be a consecutive range of catalog rows")
         batch = embed_items(self.encoder, items)
         name, digest, size = "", "", 0
         if len(batch.vectors):
@@ -347,13 +350,16 @@ class EmbedParts:
                 batch.pixels if self.images else None,
             )
             data = parquet.encode(part)
-            name = part_name(rows)
+            name = part_name(first, len(rows))
             _write_atomically(self.folder / name, data)
             digest, size = hashlib.sha256(data).hexdigest(), len(data)
+        # Small (well under Ray's 100 KB for results kept by the caller): a node that dies
+        # after a batch is done does not take its result with it.
         return pa.table(
             {
                 "file": [name],
-                "rows": pa.array([rows], pa.list_(pa.int64())),
+                "first": pa.array([first], pa.int64()),
+                "rows": pa.array([len(rows)], pa.int64()),
                 "count": pa.array([len(batch.vectors)], pa.int64()),
                 "sha256": [digest],
                 "bytes": pa.array([size], pa.int64()),
@@ -362,11 +368,10 @@ class EmbedParts:
         )
 
 
-def part_name(rows: np.ndarray) -> str:
-    """The staging name of the part holding catalog ``rows``: the same rows, the same name."""
-    rows = np.ascontiguousarray(rows, dtype=np.int64)
-    digest = hashlib.sha256(rows.tobytes()).hexdigest()[:16]
-    return f"part-r{int(rows.min()):012d}-{digest}.parquet"
+def part_name(first: int, rows: int) -> str:
+    """The staging name of the part of catalog rows [first, first + rows): a batch done twice
+    (a retry) writes the same file again."""
+    return f"part-r{first:012d}-n{rows}.parquet"
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -566,27 +571,26 @@ def _collect(
     attempts that did not finish (a worker that died), and give the parts their final names
     in catalog order. Returns (parts: name -> sha256, bytes, rows; skipped files)."""
     seen = np.zeros(count, bool)
-    kept: dict[str, dict[str, Any]] = {}
-    done: set[tuple[int, ...]] = set()
-    for summary in sorted(summaries, key=lambda s: min(s["rows"])):
-        rows = np.asarray(summary["rows"], np.int64)
-        key = tuple(rows.tolist())
-        if key in done:  # the same batch reported twice (a retry): the same file
+    kept: dict[tuple[int, int], dict[str, Any]] = {}
+    for summary in sorted(summaries, key=lambda s: (s["first"], s["rows"])):
+        span = (summary["first"], summary["rows"])
+        if span in kept:  # the same batch reported twice (a retry): the same file
             continue
+        rows = slice(span[0], span[0] + span[1])
         if seen[rows].any():
             raise IndexCorruptError(
-                f"{int(seen[rows].sum())} items were embedded twice by different batches; "
+                f"{int(seen[rows].sum())} items were embedded by two different batches; "
                 "the run is not used"
             )
         seen[rows] = True
-        done.add(key)
-        kept[summary["file"] or f"<skipped {rows.min()}>"] = summary
+        kept[span] = summary
     if not seen.all():
         raise IndexCorruptError(
             f"{int((~seen).sum()):,} of {count:,} items were not embedded; the run is not used"
         )
+    files = {summary["file"] for summary in kept.values()}
     for path in staging.iterdir():  # leftovers of attempts whose result never arrived
-        if path.name.startswith(".") or (path.suffix == ".parquet" and path.name not in kept):
+        if path.name.startswith(".") or (path.suffix == ".parquet" and path.name not in files):
             path.unlink()
     parts: dict[str, dict[str, Any]] = {}
     skipped: list[dict[str, str]] = []

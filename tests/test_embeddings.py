@@ -101,7 +101,8 @@ def test_export_round_trips_into_a_fresh_index(tmp_path: Path, pca_index_dir: Pa
     one_line_error(cli("export-item", copy.ids[0], tmp_path / "x.png", "--index-dir", fresh))
     assert not (tmp_path / "x.png").exists()
     with_images = tmp_path / "with-images.parquet"
-    assert cli("export", "--out", with_images, "--images", "--index-dir", pca_index_dir).exit_code == 0
+    exported = cli("export", "--out", with_images, "--images", "--index-dir", pca_index_dir)
+    assert exported.exit_code == 0
     again = tmp_path / "again"
     cli("build-index", "--from-embeddings", with_images, "--model-from", pca_index_dir,
         "--index-dir", again, "-q")  # fmt: skip
@@ -141,7 +142,8 @@ def test_an_export_from_another_model_is_refused(
 
 
 def test_export_cannot_write(tmp_path: Path, pca_index_dir: Path) -> None:
-    result = cli("export", "--out", tmp_path / "missing" / "x.parquet", "--index-dir", pca_index_dir)
+    out = tmp_path / "missing" / "x.parquet"
+    result = cli("export", "--out", out, "--index-dir", pca_index_dir)
     one_line_error(result)
     assert list(tmp_path.iterdir()) == []
 
@@ -301,7 +303,8 @@ def test_embed_lists_of_paths(tmp_path: Path, pca_index_dir: Path, photos: Path)
     files = [str(p) for p in sorted(photos.rglob("item*.png"), key=lambda p: p.name)[:10]]
     text = tmp_path / "list.txt"
     text.write_text("# a catalog\n" + "\n".join(files) + "\n\n")
-    assert embed("--catalog", text, "--model-from", pca_index_dir, "--out", tmp_path / "a").exit_code == 0
+    done = embed("--catalog", text, "--model-from", pca_index_dir, "--out", tmp_path / "a")
+    assert done.exit_code == 0, done.output
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -358,7 +361,8 @@ def test_broken_embeddings_are_refused(
     tmp_path: Path, pca_index_dir: Path, onnx_index: Path, fake_data_dir: Path
 ) -> None:
     out = tmp_path / "emb"
-    embed("--model-from", onnx_index, "--out", out, "--data-dir", fake_data_dir, "--batch-size", 200)
+    embed("--model-from", onnx_index, "--out", out, "--data-dir", fake_data_dir,
+          "--batch-size", 200)  # fmt: skip
     target = tmp_path / "index"
 
     def refused(*extra: Any) -> str:
@@ -378,7 +382,8 @@ def test_broken_embeddings_are_refused(
     part.write_bytes(data)
     (out / "encoder.onnx").write_bytes(b"x")
     assert "encoder.onnx" in refused()
-    one_line_error(cli("build-index", "--from-embeddings", tmp_path / "none", "--index-dir", target))
+    nowhere = tmp_path / "none"
+    one_line_error(cli("build-index", "--from-embeddings", nowhere, "--index-dir", target))
     one_line_error(cli("build-index", "--shards", 2, "--index-dir", target))  # needs embeddings
 
 
@@ -407,12 +412,14 @@ def test_query_path_and_help_import_neither_ray_nor_tensorflow(
         "import json, sys\n"
         "from simsearch import SearchIndex\n"
         "from simsearch.cli import app\n"
-        f"hits = SearchIndex.load({str(index_dir)!r}).query({str(photos / 'bags' / 'item001.png')!r})\n"
+        f"index = SearchIndex.load({str(index_dir)!r})\n"
+        f"hits = index.query({str(photos / 'bags' / 'item001.png')!r})\n"
         "try:\n"
         "    app(['--help'])\n"
         "except SystemExit:\n"
         "    pass\n"
-        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'tensorflow', 'keras', 'pyarrow'})\n"
+        "loaded = {m.split('.')[0] for m in sys.modules}\n"
+        "heavy = sorted(loaded & {'ray', 'tensorflow', 'keras', 'pyarrow'})\n"
         "print(json.dumps({'heavy': heavy, 'hits': len(hits)}))\n"
     )  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
