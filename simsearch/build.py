@@ -412,23 +412,17 @@ def build_from_embeddings(
 def _searcher(
     vectors: np.ndarray, kind: str, params: dict[str, Any], shards: int, ray: str | None
 ) -> Any:
-    """One index over ``vectors``, or ``shards`` consecutive ones; IVF trained once."""
+    """One index over ``vectors``, or ``shards`` consecutive ones (on the Ray cluster at
+    ``ray``: one task per shard)."""
+    import functools
+
     from simsearch import vector_index
 
-    empty = None
-    if kind == "ivf":
-        empty = vector_index.trained_empty(
-            vector_index.training_sample(vectors, params), kind, params
-        )
-    sizes = vector_index.shard_sizes(len(vectors), shards)
-    parts = np.split(vectors, np.cumsum(sizes)[:-1])
+    parallel = None
     if ray is not None:
         from simsearch import distributed
 
-        indexes = distributed.build_shards(ray, parts, kind, params, empty)
-    elif empty is not None:
-        indexes = [vector_index.filled(empty, part) for part in parts]
-    else:
-        indexes = [vector_index.build(part, kind, params) for part in parts]
-    built = [vector_index.VectorIndex(index, kind, params) for index in indexes]
-    return built[0] if shards == 1 else vector_index.ShardedIndex(built)
+        parallel = functools.partial(distributed.build_shards, ray, kind=kind, params=params)
+    sizes = vector_index.shard_sizes(len(vectors), shards)
+    sharded = vector_index.build_shards(vectors, kind, params, sizes, parallel)
+    return sharded.shards[0] if shards == 1 else sharded

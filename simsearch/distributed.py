@@ -121,7 +121,7 @@ def run_actor_pool(
 
 
 def build_shards(
-    address: str, parts: list[np.ndarray], kind: str, params: dict[str, Any], empty: Any = None
+    address: str, parts: list[np.ndarray], empty: Any, *, kind: str, params: dict[str, Any]
 ) -> list[Any]:
     """One FAISS index per slice of vectors, built in parallel Ray tasks: ``empty`` (a trained,
     empty IVF index) copied and filled, or a ``kind`` index built from scratch. Returns the

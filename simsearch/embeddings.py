@@ -223,15 +223,28 @@ def _batched(
     label_names: list[str],
     description: dict[str, Any],
 ) -> Items:
+    if not len(columns["id"]):
+        raise ConfigError(f"the catalog {config.catalog} is empty")
+    return items_from(columns, pixels, paths, config.batch_size, label_names, description)
+
+
+def items_from(
+    columns: dict[str, Any],
+    pixels: np.ndarray | None,
+    paths: list[str] | None,
+    batch_size: int,
+    label_names: list[str],
+    description: dict[str, Any],
+) -> Items:
+    """:class:`Items` from columns ``id``, ``label`` (-1: none), ``source`` and either the
+    model inputs ``pixels`` (n, 28, 28) uint8 or image ``paths`` to read."""
     pa = parquet._pyarrow()
     count = len(columns["id"])
-    if count == 0:
-        raise ConfigError(f"the catalog {config.catalog} is empty")
     batches = []
-    for start in range(0, count, config.batch_size):
-        part = slice(start, start + config.batch_size)
+    for start in range(0, count, batch_size):
+        part = slice(start, start + batch_size)
         arrays = {
-            "row": pa.array(np.arange(start, min(start + config.batch_size, count)), pa.int64()),
+            "row": pa.array(np.arange(start, min(start + batch_size, count)), pa.int64()),
             "id": pa.array(columns["id"][part], pa.string()),
             "label": pa.array(columns["label"][part], pa.int16()),
             "source": pa.array(columns["source"][part], pa.string()),
@@ -422,7 +435,6 @@ def embed(
     from simsearch.search_index import SearchIndex
 
     config.validate()
-    reporter = reporter or Reporter(quiet=True)
     check_output(out, force)
     source = SearchIndex.load(model_from)  # the encoder's checksum is verified here
     if ray is not None:
@@ -430,12 +442,32 @@ def embed(
 
         distributed.connect(ray)  # an unreachable cluster fails before the catalog is read
     items = catalog_items(config)
+    extra = {"labels_from_folders": config.labels_from_folders}
+    return write_embeddings(items, source, out, config.images, ray, actors, force, reporter, extra)
+
+
+def write_embeddings(
+    items: Items,
+    source: Any,
+    out: Path,
+    images: bool = True,
+    ray: str | None = None,
+    actors: int | None = None,
+    force: bool = False,
+    reporter: Reporter | None = None,
+    catalog_extra: dict[str, Any] | None = None,
+) -> EmbedResult:
+    """Embed ``items`` with the encoder of the loaded index ``source`` into ``out`` (see
+    :func:`embed`, which reads a catalog into items and calls this)."""
+    reporter = reporter or Reporter(quiet=True)
+    check_output(out, force)
     metadata = parquet.index_metadata(source) | {
         "label_names": items.label_names,
         "catalog": items.description,
     }
     encoder_name = source.encoder_file.name
     encoder_sha256 = metadata["encoder_sha256"]
+    batch_size = max(batch.num_rows for batch in items.batches)
     started = time.perf_counter()
     created = _make_parent(out)
     staging = out.parent / f".{out.name}.staging-{secrets.token_hex(4)}"
@@ -447,7 +479,7 @@ def embed(
             "encoder_name": encoder_name,
             "encoder_sha256": encoder_sha256,
             "metadata": json.dumps(metadata),
-            "images": config.images,
+            "images": images,
         }
         where = f"on the Ray cluster at {ray}" if ray is not None else "in this process"
         reporter.message(f"embedding {items.count:,} items {where} ...")
@@ -462,7 +494,7 @@ def embed(
         parts, skipped = _collect(staging, summaries, items.count)
         count = sum(entry["rows"] for entry in parts.values())
         if count == 0:
-            raise ConfigError(f"no usable images in {config.catalog}")
+            raise ConfigError(f"no usable images in {items.description.get('path', 'the catalog')}")
         seconds = time.perf_counter() - started
         manifest = {
             "format": FORMAT,
@@ -470,27 +502,23 @@ def embed(
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "versions": _versions(),
             "model": metadata["model"] | {"encoder_sha256": encoder_sha256},
-            "model_from": str(model_from.resolve()),
+            "model_from": str(Path(source.directory).resolve()) if source.directory else None,
             "preprocessing": metadata["preprocessing"],
             "embedding_dim": source.dim,
             "metric": "cosine",
             "normalized": True,
             "count": count,
             "label_names": items.label_names,
-            "catalog": items.description | {"labels_from_folders": config.labels_from_folders},
+            "catalog": items.description | (catalog_extra or {}),
             "skipped": skipped,
-            "images": config.images,
+            "images": images,
             "encoder": {
                 "file": encoder_name,
                 "sha256": encoder_sha256,
                 "bytes": len(source.encoder.data),
             },
             "parts": parts,
-            "run": {
-                "ray": ray,
-                "batch_size": config.batch_size,
-                "seconds": round(seconds, 2),
-            },
+            "run": {"ray": ray, "batch_size": batch_size, "seconds": round(seconds, 2)},
         }
         _write_atomically(staging / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
         _replace(out, staging)

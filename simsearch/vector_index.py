@@ -371,22 +371,32 @@ def merge_top_k(
 
 
 def build_shards(
-    vectors: np.ndarray, kind: str, params: dict[str, Any], sizes: list[int]
+    vectors: np.ndarray,
+    kind: str,
+    params: dict[str, Any],
+    sizes: list[int],
+    parallel: Callable[[list[np.ndarray], Any], list[Any]] | None = None,
 ) -> ShardedIndex:
     """Shards over consecutive slices of ``vectors`` of the given sizes. IVF shards share one
-    coarse quantizer, trained once on all the vectors (train once, add in parts)."""
+    coarse quantizer, trained once on a sample of all the vectors (train once, add in parts).
+
+    ``parallel(parts, empty)`` builds the parts' FAISS indexes elsewhere (a Ray cluster: see
+    ``simsearch.distributed.build_shards``), given the slices and the trained empty IVF index
+    (None for other types); by default they are built here, one after the other.
+    """
     if sum(sizes) != len(vectors):
         raise ConfigError(f"shard sizes add up to {sum(sizes)}, not {len(vectors)}")
-    empty = trained_empty(vectors, kind, params) if kind == "ivf" else None
-    shards, start = [], 0
-    for size in sizes:
-        part = vectors[start : start + size]
-        start += size
-        if empty is None:
-            shards.append(VectorIndex.build(part, kind, params))
-        else:
-            shards.append(VectorIndex(filled(empty, part), kind, params))
-    return ShardedIndex(shards)
+    empty = None
+    if kind == "ivf":
+        empty = trained_empty(training_sample(vectors, params), kind, params)
+    parts = np.split(np.ascontiguousarray(vectors, dtype=np.float32), np.cumsum(sizes)[:-1])
+    if parallel is not None:
+        indexes = parallel(parts, empty)
+    elif empty is not None:
+        indexes = [filled(empty, part) for part in parts]
+    else:
+        indexes = [build(part, kind, params) for part in parts]
+    return ShardedIndex([VectorIndex(index, kind, params) for index in indexes])
 
 
 def trained_empty(sample: np.ndarray, kind: str, params: dict[str, Any]) -> Any:
