@@ -19,8 +19,9 @@ from simsearch.errors import ClusterError, MissingDependencyError, SimsearchErro
 # Each encoder actor asks for half a CPU and the pool has one actor per CPU, so actors never
 # hold every CPU: Ray Data's own tasks always find a share (with actors holding all CPUs they
 # wait forever and the job hangs without a word), and the actors of a node that dies can
-# restart on the others. ONNX Runtime runs one thread per actor.
+# restart on the others. Each actor's ONNX Runtime session runs ACTOR_THREADS thread(s).
 ACTOR_CPUS = 0.5
+ACTOR_THREADS = 1
 SHARD_CPUS = 1  # a shard build (FAISS on one thread)
 CONNECT_TIMEOUT = 5.0  # seconds to wait for the head's port before calling it unreachable
 SHARD_RETRIES = 3  # a shard build is retried this often when its node dies

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from simsearch import parquet
+from simsearch.build import FASHION_MNIST, SPLITS
 from simsearch.errors import (
     ConfigError,
     IncompatibleIndexError,
@@ -45,8 +46,6 @@ from simsearch.progress import Reporter
 FORMAT = "simsearch-embeddings"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-FASHION_MNIST = "fashion-mnist"
-SPLITS = ("train", "test", "all")
 # Items per part file (and per task of the pool): small enough to spread a 20,000-item catalog
 # over a few workers, large enough that a billion items make about 10^5 files.
 BATCH = 8192
@@ -488,6 +487,7 @@ def write_embeddings(
         else:
             from simsearch import distributed
 
+            kwargs["threads"] = distributed.ACTOR_THREADS
             summaries = distributed.run_actor_pool(
                 ray, items.batches, EmbedParts, kwargs, actors, progress=not reporter.quiet
             )
