@@ -16,7 +16,10 @@ in this process (ONNX Runtime on every core), and on a local Ray cluster
 (``ray.cluster_utils.Cluster``: a head without CPUs for work and 1 or 2 worker nodes of 1 CPU
 each, i.e. one encoder actor per node). ``images_per_s`` is items / wall time of the whole call
 (actor start, Ray Data, Parquet writing included); ``images_per_s_steady`` is the rate between
-the first and the last part written (file times), which leaves the start-up out.
+the first and the last part written (file times), which leaves the start-up out;
+``images_per_cpu_second`` is items / the CPU time the batches took (summed over the workers'
+processes, all threads): the rate of one otherwise idle core, which a shared machine's wall
+clock cannot show.
 
 Sharded search. ``--vectors`` vectors made as ``scripts/bench_scale.py`` makes them (real
 embeddings of the index plus Gaussian noise of the size of a nearest-neighbour distance,
@@ -25,7 +28,8 @@ into 1, 4 and 16 consecutive shards with the product's parameters for that size.
 filled from ONE trained quantizer (as ``vector_index.build_shards`` does; trained once here for
 all shard counts), HNSW shards are graphs of their own. Each query is one (1, d) call of
 ``ShardedIndex.search`` (the product's fan-out: the shards one after the other, on one thread,
-merged top-k), timed; recall@10 is against exact search.
+merged top-k), timed in wall-clock and in CPU time of the searching thread; recall@10 is against
+exact search.
 """
 
 from __future__ import annotations
@@ -111,6 +115,8 @@ def embed_once(items: Any, source: SearchIndex, ray: str | None, workdir: Path) 
         "seconds": round(seconds, 2),
         "images_per_s": round(result.count / seconds, 1),
         "images_per_s_steady": steady,
+        "cpu_seconds": round(result.cpu_seconds, 2),
+        "images_per_cpu_second": round(result.count / result.cpu_seconds, 1),
         "loadavg_before": before,
         "loadavg_after": load(),
     }
@@ -192,19 +198,24 @@ def time_queries(searcher: Any, queries: np.ndarray) -> dict[str, Any]:
     singles = [np.ascontiguousarray(queries[i : i + 1]) for i in range(len(queries))]
     for one in singles[:20]:  # warm-up
         searcher.search(one, K)
-    latencies, found = [], []
+    latencies, cpu, found = [], [], []
     start = time.perf_counter()
     for one in singles:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         _, rows = searcher.search(one, K)
         latencies.append(time.perf_counter() - t0)
+        cpu.append(time.thread_time() - c0)
         found.append(rows[0])
     wall = time.perf_counter() - start
     p50, p99 = np.percentile(latencies, [50, 99])
+    cpu_p50 = float(np.percentile(cpu, 50))
     return {
         "latency_ms_p50": round(1000 * float(p50), 4),
         "latency_ms_p99": round(1000 * float(p99), 4),
         "queries_per_s": round(len(singles) / wall, 1),
+        # CPU time of the searching thread: what a query costs on an otherwise idle core.
+        "cpu_ms_per_query_p50": round(1000 * cpu_p50, 4),
+        "cpu_ms_per_query_mean": round(1000 * float(np.mean(cpu)), 4),
         "found": np.asarray(found),
     }
 

@@ -106,6 +106,8 @@ def run_actor_pool(
         raise ClusterError(f"--actors must be at least 1, got {size}")
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = progress
+    # Ray Data's own progress (bars, or log lines when stderr is no terminal), or silence.
+    logging.getLogger("ray.data").setLevel(logging.INFO if progress else logging.WARNING)
     context.execution_options.preserve_order = True  # parts come back in catalog order
     dataset = ray.data.from_arrow(batches).map_batches(
         worker,

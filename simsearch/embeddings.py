@@ -313,7 +313,8 @@ class EmbedParts:
     :class:`Items` columns). The encoder is read from ``folder`` and checked against its sha256;
     each instance holds its own session. Returns a one-row table describing the part: ``file``
     ("" when every item was skipped), ``first`` and ``rows`` (the batch: catalog rows
-    [first, first + rows)), ``count`` (items written), ``sha256``, ``bytes``, ``skipped`` (JSON).
+    [first, first + rows)), ``count`` (items written), ``sha256``, ``bytes``, ``skipped`` (JSON),
+    ``cpu_seconds`` (of this process, all its threads: the work's cost whatever else runs).
     """
 
     def __init__(
@@ -344,6 +345,7 @@ class EmbedParts:
 
     def __call__(self, items: Any) -> Any:
         pa = parquet._pyarrow()
+        cpu = time.process_time()
         rows = items.column("row").to_numpy()
         first = int(rows[0]) if len(rows) else 0
         if not np.array_equal(rows, np.arange(first, first + len(rows))):
@@ -376,6 +378,7 @@ class EmbedParts:
                 "sha256": [digest],
                 "bytes": pa.array([size], pa.int64()),
                 "skipped": [json.dumps(batch.skipped)],
+                "cpu_seconds": [time.process_time() - cpu],
             }
         )
 
@@ -409,7 +412,8 @@ class EmbedResult:
     count: int
     skipped: list[dict[str, str]]
     parts: int
-    seconds: float
+    seconds: float  # wall time of the run
+    cpu_seconds: float  # CPU time of the batches' work, summed over the workers
     manifest: dict[str, Any] = field(default_factory=dict)
 
 
@@ -491,7 +495,7 @@ def write_embeddings(
             summaries = distributed.run_actor_pool(
                 ray, items.batches, EmbedParts, kwargs, actors, progress=not reporter.quiet
             )
-        parts, skipped = _collect(staging, summaries, items.count)
+        parts, skipped, cpu_seconds = _collect(staging, summaries, items.count)
         count = sum(entry["rows"] for entry in parts.values())
         if count == 0:
             raise ConfigError(f"no usable images in {items.description.get('path', 'the catalog')}")
@@ -518,7 +522,12 @@ def write_embeddings(
                 "bytes": len(source.encoder.data),
             },
             "parts": parts,
-            "run": {"ray": ray, "batch_size": batch_size, "seconds": round(seconds, 2)},
+            "run": {
+                "ray": ray,
+                "batch_size": batch_size,
+                "seconds": round(seconds, 2),
+                "cpu_seconds": round(cpu_seconds, 2),
+            },
         }
         _write_atomically(staging / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
         _replace(out, staging)
@@ -529,7 +538,7 @@ def write_embeddings(
         raise
     if skipped:
         reporter.message(f"skipped {len(skipped)} unreadable file(s) (listed in the manifest)")
-    return EmbedResult(out, count, skipped, len(parts), seconds, manifest)
+    return EmbedResult(out, count, skipped, len(parts), seconds, cpu_seconds, manifest)
 
 
 def check_output(out: Path, force: bool) -> None:
@@ -594,10 +603,11 @@ def _run_here(items: Items, kwargs: dict[str, Any], reporter: Reporter) -> list[
 
 def _collect(
     staging: Path, summaries: list[dict[str, Any]], count: int
-) -> tuple[dict[str, dict[str, Any]], list[dict[str, str]]]:
+) -> tuple[dict[str, dict[str, Any]], list[dict[str, str]], float]:
     """Check that every catalog row was embedded (or skipped) exactly once, drop files of
     attempts that did not finish (a worker that died), and give the parts their final names
-    in catalog order. Returns (parts: name -> sha256, bytes, rows; skipped files)."""
+    in catalog order. Returns (parts: name -> sha256, bytes, rows; skipped files; the CPU
+    seconds of the batches kept)."""
     seen = np.zeros(count, bool)
     kept: dict[tuple[int, int], dict[str, Any]] = {}
     for summary in sorted(summaries, key=lambda s: (s["first"], s["rows"])):
@@ -639,7 +649,7 @@ def _collect(
             "bytes": summary["bytes"],
             "rows": summary["count"],
         }
-    return parts, skipped
+    return parts, skipped, sum(summary["cpu_seconds"] for summary in kept.values())
 
 
 def _versions() -> dict[str, str | None]:

@@ -101,20 +101,20 @@ def build(
 
 
 def search(
-    index: Any, vectors: np.ndarray, k: int, params: Any = None
+    index: Any, vectors: np.ndarray, k: int, params: Any = None, coarse: Any = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k by inner product: scores (n, k') float32, positions (n, k') int64 (-1: none);
-    k' = min(k, ntotal). ``params``: FAISS SearchParameters (a selector, efSearch, nprobe)."""
+    k' = min(k, ntotal). ``params``: FAISS SearchParameters (a selector, efSearch, nprobe).
+    ``coarse``: for an IVF index, the lists to visit as its quantizer's (scores, lists) for
+    these vectors, (n, nprobe) each, already computed (shards sharing one quantizer)."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if vectors.ndim != 2 or vectors.shape[1] != index.d:
         raise ConfigError(f"query vectors have shape {vectors.shape}, expected (n, {index.d})")
     k = min(int(k), int(index.ntotal))
     if k <= 0 or len(vectors) == 0:
         return np.zeros((len(vectors), 0), np.float32), np.zeros((len(vectors), 0), np.int64)
-    extra = {"params": params} if params is not None else {}
     if len(vectors) >= SMALL_BATCH:
-        scores, rows = index.search(vectors, k, **extra)
-        return scores, rows
+        return _search(index, vectors, k, params, coarse)
     # One OpenMP thread for a handful of queries: forking a thread team costs more than the
     # search itself, and on a busy machine a spinning team can cost milliseconds.
     import faiss
@@ -122,9 +122,38 @@ def search(
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
     try:
-        scores, rows = index.search(vectors, k, **extra)
+        return _search(index, vectors, k, params, coarse)
     finally:
         faiss.omp_set_num_threads(threads)
+
+
+def _search(
+    index: Any, vectors: np.ndarray, k: int, params: Any, coarse: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    if coarse is None:
+        extra = {"params": params} if params is not None else {}
+        scores, rows = index.search(vectors, k, **extra)
+        return scores, rows
+    import faiss
+
+    # The C++ call: FAISS's Python wrapper of search_preassigned takes no SearchParameters.
+    centroid_scores = np.ascontiguousarray(coarse[0], dtype=np.float32)
+    lists = np.ascontiguousarray(coarse[1], dtype=np.int64)
+    if lists.shape != (len(vectors), index.nprobe) or centroid_scores.shape != lists.shape:
+        raise ConfigError(f"coarse assignment of shape {lists.shape} for nprobe {index.nprobe}")
+    scores = np.empty((len(vectors), k), np.float32)
+    rows = np.empty((len(vectors), k), np.int64)
+    index.search_preassigned_c(
+        len(vectors),
+        faiss.swig_ptr(vectors),
+        k,
+        faiss.swig_ptr(lists),
+        faiss.swig_ptr(centroid_scores),
+        faiss.swig_ptr(scores),
+        faiss.swig_ptr(rows),
+        False,
+        params,
+    )
     return scores, rows
 
 
@@ -193,7 +222,11 @@ class VectorIndex:
             raise IndexCorruptError("faiss_rows.npy does not map the index onto its items")
 
     def search(
-        self, vectors: np.ndarray, k: int, allowed: np.ndarray | None = None
+        self,
+        vectors: np.ndarray,
+        k: int,
+        allowed: np.ndarray | None = None,
+        coarse: Any = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(n, d) unit vectors -> scores (n, k'), catalog rows (n, k'); -1 rows: no result.
 
@@ -201,6 +234,7 @@ class VectorIndex:
         selector inside the search, so the k returned are the best allowed ones). An HNSW search
         looks at no fewer than k candidates (efSearch >= k). Approximate indexes may still
         return fewer than k'; the caller completes those rows (see SearchIndex).
+        ``coarse``: IVF lists already chosen for ``vectors`` (see :func:`search`).
         """
         selection = self._live
         live = self.count
@@ -215,7 +249,8 @@ class VectorIndex:
         k = min(int(k), live)
         if k <= 0:
             return np.zeros((len(vectors), 0), np.float32), np.zeros((len(vectors), 0), np.int64)
-        scores, positions = search(self.index, vectors, k, self._search_params(k, selection))
+        params = self._search_params(k, selection)
+        scores, positions = search(self.index, vectors, k, params, coarse)
         if self.rows is None:
             return scores, positions
         return scores, np.where(positions >= 0, self.rows[np.maximum(positions, 0)], -1)
@@ -307,6 +342,9 @@ class ShardedIndex:
         self.kind = shards[0].kind
         self.params = shards[0].params
         self.starts = np.concatenate([[0], np.cumsum([s.count for s in shards])]).astype(int)
+        # IVF shards filled from one trained index share its quantizer: a search then finds
+        # the lists to visit once, not once per shard (FAISS's IndexShardsIVF does the same).
+        self.quantizer = _shared_quantizer(shards) if self.kind == "ivf" else None
 
     @property
     def d(self) -> int:
@@ -337,10 +375,13 @@ class ShardedIndex:
     def search(
         self, vectors: np.ndarray, k: int, allowed: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
+        coarse = None
+        if self.quantizer is not None:
+            coarse = search(self.quantizer, vectors, int(self.shards[0].index.nprobe))
         parts = []
         for shard, start, end in zip(self.shards, self.starts[:-1], self.starts[1:], strict=True):
             part_allowed = None if allowed is None else allowed[start:end]
-            scores, rows = shard.search(vectors, k, part_allowed)
+            scores, rows = shard.search(vectors, k, part_allowed, coarse)
             parts.append((scores, np.where(rows >= 0, rows + start, -1)))
         return merge_top_k(parts, k)
 
@@ -355,6 +396,23 @@ class ShardedIndex:
             shards.append(shard.removed(part, vectors[taken : taken + n]))
             taken += n
         return ShardedIndex(shards)
+
+
+def _shared_quantizer(shards: list[VectorIndex]) -> Any:
+    """The coarse quantizer every IVF shard has (same centroids, same nprobe), else None."""
+    first = shards[0].index
+    try:
+        quantizer = first.quantizer
+        centroids = quantizer.reconstruct_n(0, quantizer.ntotal)
+        for shard in shards[1:]:
+            other = shard.index.quantizer
+            if shard.index.nprobe != first.nprobe or other.ntotal != quantizer.ntotal:
+                return None
+            if not np.array_equal(other.reconstruct_n(0, other.ntotal), centroids):
+                return None
+    except (AttributeError, RuntimeError):  # not an IVF index after all
+        return None
+    return quantizer
 
 
 def merge_top_k(

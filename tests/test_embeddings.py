@@ -148,6 +148,42 @@ def test_export_cannot_write(tmp_path: Path, pca_index_dir: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+# ---------------------------------------------------------------------- sharded IVF
+
+
+@pytest.mark.parametrize("pq_m", [0, 4])
+def test_ivf_shards_search_their_shared_quantizer_once(pq_m: int) -> None:
+    """Shards filled from one trained IVF (flat or PQ codes) answer exactly what the unsharded
+    index answers, with or without a filter; the lists to visit are found once for all."""
+    from simsearch import vector_index as vi
+
+    rng = np.random.default_rng(5)
+    vectors = rng.standard_normal((4000, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = vectors[rng.choice(4000, 30)] + 0.1 * rng.standard_normal((30, 16)).astype("f4")
+    params = {"nlist": 32, "nprobe": 4, "pq_m": pq_m}
+    empty = vi.trained_empty(vectors, "ivf", params)
+    one = vi.VectorIndex(vi.filled(empty, vectors), "ivf", params)
+    sharded = vi.ShardedIndex(
+        [vi.VectorIndex(vi.filled(empty, part), "ivf", params) for part in np.split(vectors, 5)]
+    )
+    assert sharded.quantizer is not None
+    allowed = rng.random(4000) < 0.3
+    for mask in (None, allowed):
+        for batch in (queries[:3], queries):  # one thread, and the batch path
+            a_scores, a_rows = one.search(batch, 10, mask)
+            b_scores, b_rows = sharded.search(batch, 10, mask)
+            np.testing.assert_array_equal(b_rows, a_rows)
+            np.testing.assert_allclose(b_scores, a_scores, atol=1e-6)
+    # Shards of separately trained quantizers are searched each with its own.
+    other = vi.trained_empty(vectors[::-1].copy(), "ivf", params)
+    mixed = vi.ShardedIndex(
+        [sharded.shards[0], vi.VectorIndex(vi.filled(other, vectors), "ivf", params)]
+    )
+    assert mixed.quantizer is None
+    assert mixed.search(queries, 10)[1].shape == (30, 10)
+
+
 # ---------------------------------------------------------------------- embed, in this process
 
 
@@ -321,6 +357,21 @@ def test_embed_lists_of_paths(tmp_path: Path, pca_index_dir: Path, photos: Path)
     assert b.ids.tolist() == ids[:6] and b.label_names == ["bags", "shoes"]
     assert [b.label_names[i] for i in b.labels] == names[:6]
     np.testing.assert_array_equal(a.vectors[:6], b.vectors)
+
+
+def test_embed_cli_defaults_are_the_library_defaults() -> None:
+    import inspect
+
+    from simsearch.cli import embed as embed_command
+    from simsearch.embeddings import EmbedConfig
+
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(embed_command).parameters.items()
+    }
+    library = EmbedConfig()
+    for name in ("catalog", "split", "limit", "batch_size", "images", "labels_from_folders"):
+        assert defaults[name] == getattr(library, name), name
 
 
 def test_embed_refuses_and_writes_nothing(
