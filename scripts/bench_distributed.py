@@ -3,7 +3,8 @@ fan-out search of sharded indexes.
 
     python scripts/bench_distributed.py [--index-dir indexes/fashion-mnist]
         [--sizes 60000,600000] [--workers 1,2] [--vectors 1000000] [--shards 1,4,16]
-        [--types ivf,hnsw] [--queries 1000] [--skip-embed] [--skip-search] [--out FILE]
+        [--types ivf,hnsw] [--queries 1000] [--photo-sides 500,1000]
+        [--skip-embed] [--skip-photos] [--skip-search] [--out FILE]
 
 Prints one JSON object on stdout (progress on stderr); with ``--out`` the object is also
 rewritten after every measurement (``"partial": true`` until the end).
@@ -20,6 +21,10 @@ the first and the last part written (file times), which leaves the start-up out;
 ``images_per_cpu_second`` is items / the CPU time the batches took (summed over the workers'
 processes, all threads): the rate of one otherwise idle core, which a shared machine's wall
 clock cannot show.
+
+Photos. The CPU cost of reading and preprocessing product photos (JPEG squares of
+``--photo-sides`` pixels made from Fashion-MNIST test items), which bounds the embedding of a
+folder catalog of real photos.
 
 Sharded search. ``--vectors`` vectors made as ``scripts/bench_scale.py`` makes them (real
 embeddings of the index plus Gaussian noise of the size of a nearest-neighbour distance,
@@ -168,6 +173,42 @@ def bench_embedding(args: argparse.Namespace, source: SearchIndex, payload: dict
                 cluster.shutdown()
 
 
+def bench_photos(args: argparse.Namespace, payload: dict[str, Any]) -> None:
+    """CPU cost of reading and preprocessing product photos: a folder catalog of real photos
+    is bound by this, not by the encoder (Fashion-MNIST items are 28x28 already)."""
+    import io
+
+    from PIL import Image
+
+    from simsearch.data import load_split
+    from simsearch.images import preprocess
+
+    items = load_split("test").images[: args.photos]
+    results: dict[str, Any] = {}
+    payload["photo_preprocessing"] = {
+        "what": "Fashion-MNIST test items inverted (dark on white), enlarged (bicubic) to a square "
+        "of the given side, RGB JPEG quality 90; simsearch.images.preprocess(bytes) on one thread",
+        "runs": results,
+    }
+    for side in args.photo_sides:
+        blobs = []
+        for pixels in items:
+            image = Image.fromarray(255 - pixels).resize((side, side), Image.Resampling.BICUBIC)
+            buffer = io.BytesIO()
+            image.convert("RGB").save(buffer, "JPEG", quality=90)
+            blobs.append(buffer.getvalue())
+        start = time.process_time()
+        for blob in blobs:
+            preprocess(blob)
+        cpu = time.process_time() - start
+        results[f"jpeg_{side}px"] = {
+            "images": len(blobs),
+            "kib_each": round(float(np.mean([len(b) for b in blobs])) / 1024, 1),
+            "images_per_cpu_second": round(len(blobs) / cpu, 1),
+        }
+        log(f"photos {side} px: {results[f'jpeg_{side}px']}")
+
+
 # ---------------------------------------------------------------------- sharded search
 
 
@@ -291,7 +332,10 @@ def main() -> None:
     parser.add_argument("--types", default="ivf,hnsw")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--threads-build", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--photos", type=int, default=200)
+    parser.add_argument("--photo-sides", type=int_list, default=int_list("500,1000"))
     parser.add_argument("--skip-embed", action="store_true")
+    parser.add_argument("--skip-photos", action="store_true")
     parser.add_argument("--skip-search", action="store_true")
     parser.add_argument("--note", default=None)
     parser.add_argument("--out", default=None, help="also write the JSON here (updated live)")
@@ -309,6 +353,8 @@ def main() -> None:
     }
     if not args.skip_embed:
         bench_embedding(args, source, payload)
+    if not args.skip_photos:
+        bench_photos(args, payload)
     if not args.skip_search:
         bench_search(args, source, payload)
     payload["loadavg_end"] = load()

@@ -130,6 +130,24 @@ def test_embed_on_the_cluster_equals_the_run_in_process(
     np.testing.assert_allclose(index.embed([first])[0], a.vectors[0], atol=1e-5)
 
 
+def test_workers_that_cannot_read_the_output_folder_fail_the_job_in_one_line(
+    cluster: Any, model: Path, tmp_path: Path
+) -> None:
+    """As on a cluster whose nodes do not share the output folder: the encoder copy is not
+    there for the actors. The job fails with the actors' own error, and does not hang."""
+    from simsearch import distributed
+    from simsearch.embeddings import EmbedParts, catalog_items
+    from simsearch.errors import IndexCorruptError
+
+    items = catalog_items(EmbedConfig(limit=100, data_dir=str(real_data_or_skip())))
+    kwargs = {"folder": str(tmp_path), "encoder_name": "encoder.onnx", "encoder_sha256": "0" * 64,
+              "metadata": "{}", "threads": 1}  # fmt: skip
+    started = time.monotonic()
+    with pytest.raises(IndexCorruptError, match="shares"):
+        distributed.run_actor_pool(cluster.address, items.batches, EmbedParts, kwargs, 1, False)
+    assert time.monotonic() - started < 120
+
+
 def test_sharded_builds_on_the_cluster_equal_unsharded_ones(
     cluster: Any, embedded_here: Path, tmp_path: Path
 ) -> None:
