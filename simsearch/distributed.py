@@ -9,6 +9,7 @@ images and the output folders at the same paths (shared storage).
 from __future__ import annotations
 
 import logging
+import re
 import socket
 from typing import Any
 
@@ -160,18 +161,35 @@ def _build_shard(
 
 
 def _job_error(exc: BaseException) -> SimsearchError:
-    """A failed Ray job as one typed error: the worker's own SimsearchError when it raised
-    one, else ClusterError with the first line of Ray's message."""
-    cause = getattr(exc, "cause", None)
-    seen = 0
-    while cause is not None and seen < 8:
+    """A failed Ray job as one typed error: the worker's own SimsearchError when it raised one
+    (Ray keeps the exception of a task, only the text of an actor's failed constructor), else
+    ClusterError with the first line of Ray's message."""
+    from simsearch import errors
+
+    cause: BaseException | None = exc
+    for _ in range(8):
+        if cause is None:
+            break
         if isinstance(cause, SimsearchError):
             return cause
         cause = getattr(cause, "cause", None) or cause.__cause__
-        seen += 1
+    found = WORKER_ERROR.findall(_plain(str(exc)))
+    if found:
+        name, message = found[-1]
+        kind = getattr(errors, name, None)
+        if isinstance(kind, type) and issubclass(kind, SimsearchError):
+            return kind(message.strip())
     return ClusterError(f"the Ray job failed: {_first(exc)}")
 
 
+WORKER_ERROR = re.compile(r"simsearch\.errors\.(\w+): (.+)")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _plain(text: str) -> str:
+    return ANSI.sub("", text)
+
+
 def _first(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    lines = [line.strip() for line in _plain(str(exc)).strip().splitlines() if line.strip()]
     return lines[0] if lines else type(exc).__name__

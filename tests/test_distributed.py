@@ -178,7 +178,9 @@ def test_sharded_builds_on_the_cluster_equal_unsharded_ones(
 def test_a_worker_node_dying_mid_embed_loses_and_duplicates_nothing(
     cluster: Any, model: Path, embedded_here: Path, tmp_path: Path
 ) -> None:
-    from ray.util.state import list_actors
+    # The actors' nodes from the cluster's own table (GCS), not the state API: that one needs
+    # the dashboard, which a loaded machine may not have started yet.
+    from ray._private.state import actors as actor_table
 
     out = tmp_path / "emb"
     config = fashion_mnist(batch_size=400)  # 50 parts
@@ -189,8 +191,10 @@ def test_a_worker_node_dying_mid_embed_loses_and_duplicates_nothing(
         while time.monotonic() < deadline:
             parts = list(tmp_path.glob(".emb.staging-*/part-*.parquet"))
             if len(parts) >= 3:
-                actors = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
-                busy = {a.node_id for a in actors if "EmbedParts" in a.class_name}
+                table = actor_table(actor_state_name="ALIVE").values()
+                busy = {
+                    a["Address"]["NodeID"] for a in table if "EmbedParts" in a["ActorClassName"]
+                }
                 workers = [n for n in cluster.worker_nodes if n.node_id in busy]
                 if workers:
                     cluster.remove_node(workers[0])
