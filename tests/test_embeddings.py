@@ -299,9 +299,37 @@ def test_an_index_without_item_images_says_so(
         assert missing.status_code == 404
         assert missing.json() == {"error": "this index has no item images (it was built from "
                                            "embeddings without them)"}  # fmt: skip
-    # The page asks /api/health and then shows a placeholder for each hit, no <img>.
-    script = (Path(__file__).parents[1] / "simsearch" / "static" / "app.js").read_text()
-    assert "h.item_images !== false" in script and '"no image"' in script
+
+
+@pytest.mark.slow
+def test_the_page_shows_no_thumbnails_for_an_index_without_item_images(
+    tmp_path: Path, onnx_index: Path, fake_data_dir: Path, photos: Path
+) -> None:
+    from tests.test_server import serve_process
+    from tests.test_web_page import CHROMIUM, CHROMIUM_ARGS, _browser_or_skip
+
+    _browser_or_skip()
+    from playwright.sync_api import sync_playwright
+
+    out, index_dir = tmp_path / "emb", tmp_path / "index"
+    embed("--model-from", onnx_index, "--out", out, "--data-dir", fake_data_dir, "--no-images")
+    cli("build-index", "--from-embeddings", out, "--index-dir", index_dir, "-q")
+    with serve_process(index_dir) as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(20_000)
+            page.goto(url + "/")
+            status = "document.querySelector('#status').textContent"
+            page.wait_for_function(f"{status}.includes('no item images')")
+            assert page.locator("#random").is_disabled()
+            page.set_input_files("#file", str(photos / "shoes" / "item000.png"))
+            page.wait_for_function("document.querySelectorAll('#results .hit').length === 10")
+            assert page.locator("#results .hit img").count() == 0  # no request for an image
+            assert page.locator("#results .hit .none").first.inner_text() == "no image"
+            assert page.locator("#error").is_hidden()
+        finally:
+            browser.close()
 
 
 def test_embed_a_folder_lists_unreadable_files_like_build_index(
