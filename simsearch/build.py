@@ -311,3 +311,140 @@ def _build(
     skipped = f", skipped {len(catalog.skipped)} unreadable" if catalog.skipped else ""
     reporter.message(f"saved {len(index):,} items to {index_dir}{skipped}")
     return index
+
+
+# ---------------------------------------------------------------------- from embeddings
+
+
+def build_from_embeddings(
+    source: Path,
+    index_dir: Path,
+    *,
+    model_from: Path | None = None,
+    shards: int = 1,
+    index_type: str = AUTO,
+    index_params: dict[str, Any] | None = None,
+    ray: str | None = None,
+    force: bool = False,
+    reporter: Reporter | None = None,
+) -> SearchIndex:
+    """An index over embeddings that ``simsearch embed`` (a folder) or ``simsearch export``
+    (one Parquet file, with ``model_from``: the index whose encoder made it) wrote; no
+    training, no images read. The encoder comes with the embeddings, checked, so the index
+    queries like any other.
+
+    ``shards`` > 1 splits the items into that many consecutive shards (``index-NNN.faiss``)
+    searched in parallel and merged; IVF shards share one quantizer trained once on a sample.
+    With ``ray`` (a cluster address or ``auto``) the shards are built in parallel Ray tasks.
+    Saved atomically like ``build_index``; on any error nothing is written.
+    """
+    from simsearch.embeddings import open_embeddings
+
+    reporter = reporter or Reporter(quiet=True)
+    if shards < 1:
+        raise ConfigError(f"--shards must be at least 1, got {shards}")
+    choose_type(index_type, 0)  # an unknown type fails before any work
+    if storage.has_index(index_dir) and not force:
+        raise IndexExistsError(f"an index already exists at {index_dir}; use --force to replace it")
+    storage.check_target(index_dir, allow_foreign=force)
+    if ray is not None:
+        from simsearch import distributed
+
+        distributed.connect(ray)  # an unreachable cluster fails before anything is read
+    loaded = open_embeddings(source, model_from)
+    items = loaded.embeddings
+    if shards > len(items):
+        raise ConfigError(f"--shards {shards} is more than the {len(items):,} items")
+    created = not index_dir.exists()
+    try:
+        with storage.locked(index_dir, create=True, on_wait=reporter.waiting_for_writer(index_dir)):
+            if storage.has_index(index_dir) and not force:
+                raise IndexExistsError(
+                    f"an index already exists at {index_dir}; use --force to replace it"
+                )
+            kind = choose_type(index_type, len(items))
+            params = {**default_params(kind, len(items)), **(index_params or {})}
+            where = f" on the Ray cluster at {ray}" if ray is not None else ""
+            reporter.message(
+                f"indexing {len(items):,} vectors from {source} ({kind}, {shards} shard(s){where})"
+            )
+            searcher = _searcher(items.vectors, kind, params, shards, ray)
+            with tempfile.TemporaryDirectory(prefix="simsearch-build-") as tmp:
+                encoder_file = Path(tmp) / loaded.encoder_name
+                encoder_file.write_bytes(loaded.encoder_data)
+                has_images = items.images is not None
+                catalog = {
+                    k: v for k, v in loaded.catalog.items() if k in ("source", "split", "path")
+                }
+                if "limit" in loaded.catalog:
+                    catalog["limit"] = loaded.catalog["limit"]
+                manifest: dict[str, Any] = {
+                    "format_version": storage.FORMAT_VERSION,
+                    "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "versions": versions(),
+                    "catalog": catalog
+                    | {
+                        "label_names": items.label_names,
+                        "skipped": loaded.skipped,
+                        "embeddings": str(source.resolve()),
+                        "item_images": has_images,
+                    },
+                    "model": loaded.model
+                    | {
+                        "encoder_file": loaded.encoder_name,
+                        "encoder_sha256": storage.sha256_file(encoder_file),
+                    },
+                    "preprocessing": loaded.preprocessing,
+                    "embedding_dim": int(items.vectors.shape[1]),
+                    "metric": "cosine",
+                    "normalized": True,
+                    "count": len(items),
+                    "index": {"type": kind, "params": params},
+                    "build": {
+                        "from_embeddings": str(source.resolve()),
+                        "shards": shards,
+                        "index_type": index_type,
+                        "index_params": dict(index_params or {}),
+                        "ray": ray,
+                        "labels_from_folders": bool(loaded.catalog.get("labels_from_folders")),
+                    },
+                }
+                index = SearchIndex(
+                    encoder=load_encoder(encoder_file, loaded.encoder_data),
+                    encoder_file=encoder_file,
+                    vectors=items.vectors,
+                    ids=items.ids,
+                    labels=items.labels,
+                    sources=items.sources,
+                    # The index format keeps the model inputs; without them, zeros stand in
+                    # and the manifest says item images are unavailable.
+                    images=items.images if has_images else np.zeros((len(items), 28, 28), np.uint8),
+                    manifest=manifest,
+                    searcher=searcher,
+                )
+                index.save(index_dir, force=force)
+    except BaseException:
+        if created:
+            _remove_if_only_lock(index_dir)
+        raise
+    reporter.message(f"saved {len(index):,} items to {index_dir}")
+    return index
+
+
+def _searcher(
+    vectors: np.ndarray, kind: str, params: dict[str, Any], shards: int, ray: str | None
+) -> Any:
+    """One index over ``vectors``, or ``shards`` consecutive ones (on the Ray cluster at
+    ``ray``: one task per shard)."""
+    import functools
+
+    from simsearch import vector_index
+
+    parallel = None
+    if ray is not None:
+        from simsearch import distributed
+
+        parallel = functools.partial(distributed.build_shards, ray, kind=kind, params=params)
+    sizes = vector_index.shard_sizes(len(vectors), shards)
+    sharded = vector_index.build_shards(vectors, kind, params, sizes, parallel)
+    return sharded.shards[0] if shards == 1 else sharded

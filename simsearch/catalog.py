@@ -64,6 +64,24 @@ def _inside(path: Path, root_real: Path) -> bool:
         return False
 
 
+def folder_label_names(root: Path, files: list[Path]) -> list[str]:
+    """The classes of a catalog labelled by folders: the first folder levels, sorted."""
+    return sorted(
+        {p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1}
+    )
+
+
+def folder_label(root: Path, path: Path, label_names: list[str]) -> int:
+    """The label of ``path`` among ``label_names`` (its first folder level), -1 for none."""
+    parts = path.relative_to(root).parts
+    return label_names.index(parts[0]) if len(parts) > 1 and parts[0] in label_names else -1
+
+
+def skipped_file(path: Path | str, exc: InvalidImageError) -> dict[str, str]:
+    """How a file that cannot be used is listed (manifest ``catalog.skipped``)."""
+    return {"path": str(path), "error": " ".join(str(exc).split())}
+
+
 def load_folder(
     root: Path,
     labels_from_folders: bool = False,
@@ -75,25 +93,19 @@ def load_folder(
     if not root.is_dir():
         raise ConfigError(f"catalog folder {root} does not exist or is not a directory")
     files = image_files(root) if paths is None else paths
-    label_names = (
-        sorted({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1})
-        if labels_from_folders
-        else []
-    )
+    label_names = folder_label_names(root, files) if labels_from_folders else []
     pixels, ids, labels, sources, skipped = [], [], [], [], []
     with reporter.task("reading images", total=len(files), unit="images") as advance:
         for path in files:
             try:
                 pixels.append(preprocess(path))
             except InvalidImageError as exc:
-                skipped.append({"path": str(path), "error": " ".join(str(exc).split())})
+                skipped.append(skipped_file(path, exc))
                 advance(1)
                 continue
-            relative = path.relative_to(root)
-            ids.append(relative.as_posix())
+            ids.append(path.relative_to(root).as_posix())
             sources.append(str(path))
-            folder = relative.parts[0] if len(relative.parts) > 1 else None
-            labels.append(label_names.index(folder) if labels_from_folders and folder else -1)
+            labels.append(folder_label(root, path, label_names))
             advance(1)
     if skipped:
         reporter.message(f"skipped {len(skipped)} unreadable file(s) (listed in the manifest)")

@@ -162,6 +162,23 @@ def build_index_cmd(
         Path | None, typer.Option(help="Also write TensorBoard logs to this folder.")
     ] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing index.")] = False,
+    from_embeddings: Annotated[
+        Path | None,
+        typer.Option(
+            help="Index these embeddings (a folder from `simsearch embed`, or a Parquet file "
+            "from `simsearch export` with --model-from): no training, no images read."
+        ),
+    ] = None,
+    shards: Annotated[
+        int, typer.Option(min=1, help="With --from-embeddings: split the index into N shards.")
+    ] = 1,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            help="With --from-embeddings: build the shards on the Ray cluster at this address "
+            "(host:port, or auto)."
+        ),
+    ] = None,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
@@ -170,6 +187,23 @@ def build_index_cmd(
     with user_errors():
         from simsearch.build import BuildConfig, build_index
         from simsearch.progress import Reporter
+
+        if from_embeddings is not None:
+            _refuse_catalog_options(catalog, split, limit, labels_from_folders, use_labels)
+            _build_from_embeddings(
+                from_embeddings,
+                _index_dir(index_dir),
+                model_from=model_from,
+                shards=shards,
+                index_type=index_type,
+                index_params=_index_params(hnsw_m, ef_search, nlist, nprobe, pq_m),
+                ray=ray,
+                force=force,
+                quiet=quiet,
+            )
+            return
+        if shards != 1 or ray is not None:
+            raise fail("--shards and --ray build from embeddings: add --from-embeddings EMB_DIR")
 
         config = BuildConfig(
             catalog=catalog,
@@ -211,6 +245,40 @@ def _show_tensorflow_logs(verbose: bool) -> None:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
 
 
+def _refuse_catalog_options(
+    catalog: str, split: str, limit: int | None, labels_from_folders: bool, use_labels: bool
+) -> None:
+    given = [
+        name
+        for name, used in (
+            ("--catalog", catalog != "fashion-mnist"),
+            ("--split", split != "train"),
+            ("--limit", limit is not None),
+            ("--labels-from-folders", labels_from_folders),
+            ("--use-labels", use_labels),
+        )
+        if used
+    ]
+    if given:
+        raise fail(
+            f"--from-embeddings takes the catalog from the embeddings: drop {', '.join(given)}"
+        )
+
+
+def _build_from_embeddings(source: Path, target: Path, *, quiet: bool, **options: Any) -> None:
+    from simsearch.build import build_from_embeddings
+    from simsearch.progress import Reporter
+
+    index = build_from_embeddings(source, target, reporter=Reporter(quiet), **options)
+    searcher = index.manifest["index"]
+    shards = len(searcher.get("shards") or [1])
+    typer.echo(
+        f"built {target}: {len(index):,} items, {index.dim}-d embeddings from {source}, "
+        f"{searcher['type']} index in {shards} shard(s)"
+        + ("" if index.has_item_images else " (no item images)")
+    )
+
+
 def _index_params(
     hnsw_m: int | None,
     ef_search: int | None,
@@ -220,6 +288,99 @@ def _index_params(
 ) -> dict[str, int]:
     given = {"M": hnsw_m, "efSearch": ef_search, "nlist": nlist, "nprobe": nprobe, "pq_m": pq_m}
     return {key: value for key, value in given.items() if value is not None}
+
+
+@app.command()
+def embed(
+    model_from: Annotated[
+        Path, typer.Option(help="The index whose (checksum-verified) encoder embeds the catalog.")
+    ],
+    out: Annotated[
+        Path, typer.Option(help="Embeddings folder to write (Parquet parts, manifest, encoder).")
+    ],
+    catalog: Annotated[
+        str,
+        typer.Option(
+            help="fashion-mnist, a folder of images (recursive), or a list of image paths "
+            "(a text file, one per line, or a Parquet file with a 'path' column)."
+        ),
+    ] = "fashion-mnist",
+    split: Annotated[str, typer.Option(help="Fashion-MNIST split: train, test or all.")] = (
+        "train"
+    ),
+    limit: Annotated[int | None, typer.Option(help="Use only the first N items.")] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            help="Run on the Ray cluster at this address (host:port, or auto: the one `ray "
+            "start` runs here); without it, in this process."
+        ),
+    ] = None,
+    actors: Annotated[
+        int | None,
+        typer.Option(min=1, help="With --ray: encoder actors [one per CPU of the cluster]."),
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Items per batch (and per Parquet part).")
+    ] = 8192,
+    images: Annotated[
+        bool,
+        typer.Option(
+            "--images/--no-images",
+            help="Keep each item's 28x28 model input (784 bytes) for the index's item images.",
+        ),
+    ] = True,
+    labels_from_folders: Annotated[
+        bool, typer.Option(help="Folder catalogs: first folder level is the label.")
+    ] = False,
+    data_dir: Annotated[
+        str | None, typer.Option(help="Folder with the Fashion-MNIST IDX files.")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing embeddings folder.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Embed a catalog with an index's encoder into Parquet (for build-index --from-embeddings
+    or any vector database); with --ray, on a Ray cluster."""
+    with user_errors():
+        from simsearch.embeddings import EmbedConfig
+        from simsearch.embeddings import embed as run_embed
+        from simsearch.progress import Reporter
+
+        config = EmbedConfig(
+            catalog=catalog,
+            split=split,
+            limit=limit,
+            data_dir=data_dir,
+            labels_from_folders=labels_from_folders,
+            batch_size=batch_size,
+            images=images,
+        )
+        result = run_embed(config, model_from, out, ray, actors, force, Reporter(quiet))
+        skipped = f", {len(result.skipped)} unreadable file(s) skipped" if result.skipped else ""
+        typer.echo(
+            f"embedded {result.count:,} items into {out} ({result.parts} part(s), "
+            f"{result.count / max(result.seconds, 1e-9):,.0f} images/s){skipped}"
+        )
+
+
+@app.command()
+def export(
+    out: Annotated[Path, typer.Option(help="Parquet file to write.")],
+    index_dir: IndexDir = None,
+    images: Annotated[
+        bool,
+        typer.Option("--images/--no-images", help="Add each item's 28x28 model input."),
+    ] = False,
+) -> None:
+    """Write an index's items and vectors as one Parquet file (id, label, label_name, source,
+    vector) for a vector database, or for build-index --from-embeddings."""
+    with user_errors():
+        from simsearch.parquet import export as run_export
+        from simsearch.search_index import SearchIndex
+
+        index = SearchIndex.load(_index_dir(index_dir))
+        rows = run_export(index, out, images=images)
+        typer.echo(f"wrote {out}: {rows:,} items, {index.dim}-d vectors")
 
 
 @app.command()
@@ -773,6 +934,7 @@ def _describe(directory: Path, m: dict[str, Any]) -> list[str]:
             if index.get("tombstones")
             else ""
         ),
+        *_shards_line(index),
         f"created      {m.get('created_at')}"
         + (f", updated {m['updated_at']}" if m.get("updated_at") else ""),
         "versions     " + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items() if v),
@@ -782,6 +944,13 @@ def _describe(directory: Path, m: dict[str, Any]) -> list[str]:
     for name, entry in m["files"].items():
         lines.append(f"  {name:<22} {entry['bytes']:>12,} bytes  sha256 {entry['sha256'][:12]}")
     return lines
+
+
+def _shards_line(index: dict[str, Any]) -> list[str]:
+    sizes = index.get("shards")
+    if not sizes:
+        return []
+    return [f"shards       {len(sizes)} ({', '.join(f'{n:,}' for n in sizes)} items)"]
 
 
 if __name__ == "__main__":  # pragma: no cover

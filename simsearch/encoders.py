@@ -33,11 +33,14 @@ class OnnxEncoder:
     """An exported Keras encoder run with ONNX Runtime.
 
     Two sessions: a single-threaded one for a few images (a query: thread hand-offs would cost
-    more than the work) and, created on first use, a multi-threaded one for large batches.
+    more than the work) and, created on first use, a multi-threaded one for large batches
+    (``threads`` threads; None: one per core; 1: no second session, as in a pool of workers
+    that each get one core).
     """
 
-    def __init__(self, path: Path, data: bytes | None = None) -> None:
+    def __init__(self, path: Path, data: bytes | None = None, threads: int | None = None) -> None:
         self.path = path
+        self.threads = threads
         # The model is held in memory: the sessions made later (the large-batch one) do not
         # reopen a file that a newer version of the index may have removed meanwhile.
         self.data = path.read_bytes() if data is None else data
@@ -65,9 +68,9 @@ class OnnxEncoder:
     def encode(self, images: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(images, dtype=np.float32).reshape(-1, 28, 28)
         session = self.session
-        if len(x) > SMALL_BATCH:
+        if len(x) > SMALL_BATCH and self.threads != 1:
             if self._batch_session is None:
-                self._batch_session = self._session(threads=0)  # 0 = one per core
+                self._batch_session = self._session(threads=self.threads or 0)  # 0: per core
             session = self._batch_session
         out = [
             session.run(None, {self.input_name: x[i : i + BATCH]})[0]
@@ -99,11 +102,11 @@ class LinearEncoder:
         return (x - self.mean) @ self.components
 
 
-def load_encoder(path: Path, data: bytes | None = None) -> Encoder:
+def load_encoder(path: Path, data: bytes | None = None, threads: int | None = None) -> Encoder:
     """The encoder stored at ``path`` (by suffix: .onnx or .npz); ``data``: its bytes, when the
-    caller has read them already."""
+    caller has read them already; ``threads``: for large batches (None: one per core)."""
     if path.suffix == ".onnx":
-        return OnnxEncoder(path, data)
+        return OnnxEncoder(path, data, threads)
     if path.suffix == ".npz":
         return LinearEncoder(path, data)
     raise IndexCorruptError(f"{path}: unknown encoder format {path.suffix!r}")

@@ -7,34 +7,44 @@ One row per catalog item::
     label_name  string, nullable
     source      string, nullable  the image file, for items from a folder
     vector      fixed_size_list<float32>[d]   the L2-normalised embedding
+    image       fixed_size_binary[784], optional: the 28x28 uint8 model input (row-major)
 
 The file's metadata (key ``simsearch``) records the embedding dimension, the metric and the
 sha256 of the encoder that made the vectors, so an index built from them can refuse vectors of
 another model. ``simsearch export`` writes one file; ``simsearch embed`` a folder of such files
-(a dataset). pyarrow is imported inside the functions.
+(a dataset, see :mod:`simsearch.embeddings`). pyarrow is imported inside the functions.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from simsearch.errors import ConfigError, MissingDependencyError
+from simsearch.errors import ConfigError, MissingDependencyError, OutputError
+
+if TYPE_CHECKING:
+    from simsearch.search_index import SearchIndex
 
 METADATA_KEY = b"simsearch"
-COLUMNS = ("id", "label", "label_name", "source", "vector")
+COLUMNS = ("id", "label", "label_name", "source", "vector")  # and, optionally, "image"
+IMAGE_BYTES = 28 * 28
+EXPORT_ROWS = 65_536  # rows per row group written by export (bounds its memory)
 
 
 @dataclass
 class Embeddings:
     """Catalog items with their vectors: ids (n,) str, labels (n,) int16 (-1 = none),
     label_names (the class names labels index), sources (n,) str ("" = none), vectors (n, d)
-    float32, and the metadata the file carried."""
+    float32, images (n, 28, 28) uint8 model inputs (None when the files have no image column),
+    and the metadata the file carried."""
 
     ids: np.ndarray
     labels: np.ndarray
@@ -42,6 +52,7 @@ class Embeddings:
     sources: np.ndarray
     vectors: np.ndarray
     metadata: dict[str, Any]
+    images: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -55,8 +66,8 @@ def _pyarrow() -> Any:
     return pa
 
 
-def schema(dim: int, metadata: dict[str, Any] | None = None) -> Any:
-    """The Arrow schema of an embeddings file with ``dim``-d vectors."""
+def schema(dim: int, metadata: dict[str, Any] | None = None, images: bool = False) -> Any:
+    """The Arrow schema of an embeddings file with ``dim``-d vectors (and the image column)."""
     pa = _pyarrow()
     fields = [
         pa.field("id", pa.string(), nullable=False),
@@ -65,6 +76,8 @@ def schema(dim: int, metadata: dict[str, Any] | None = None) -> Any:
         pa.field("source", pa.string()),
         pa.field("vector", pa.list_(pa.float32(), dim), nullable=False),
     ]
+    if images:
+        fields.append(pa.field("image", pa.binary(IMAGE_BYTES), nullable=False))
     meta = {METADATA_KEY: json.dumps({"dim": dim, "metric": "cosine", **(metadata or {})})}
     return pa.schema(fields, metadata=meta)
 
@@ -76,8 +89,10 @@ def table(
     sources: Sequence[str] | np.ndarray,
     vectors: np.ndarray,
     metadata: dict[str, Any] | None = None,
+    images: np.ndarray | None = None,
 ) -> Any:
-    """An Arrow table of items (labels -1 and sources "" become nulls)."""
+    """An Arrow table of items (labels -1 and sources "" become nulls); ``images``: (n, 28, 28)
+    uint8 model inputs for the image column."""
     pa = _pyarrow()
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     dim = vectors.shape[1]
@@ -91,7 +106,31 @@ def table(
         pa.array([str(s) or None for s in sources], pa.string()),
         pa.FixedSizeListArray.from_arrays(flat, dim),
     ]
-    return pa.Table.from_arrays(columns, schema=schema(dim, metadata))
+    if images is not None:
+        columns.append(image_array(images))
+    return pa.Table.from_arrays(columns, schema=schema(dim, metadata, images is not None))
+
+
+def image_array(images: np.ndarray) -> Any:
+    """(n, 28, 28) uint8 -> an Arrow fixed_size_binary[784] array (zero copy)."""
+    pa = _pyarrow()
+    pixels = np.ascontiguousarray(images, dtype=np.uint8).reshape(-1, IMAGE_BYTES)
+    return pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(IMAGE_BYTES), len(pixels), [None, pa.py_buffer(pixels)]
+    )
+
+
+def pixels_of(column: Any) -> np.ndarray:
+    """An Arrow fixed_size_binary[784] column (array or chunked) -> (n, 28, 28) uint8."""
+    pa = _pyarrow()
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if array.type != pa.binary(IMAGE_BYTES) or array.null_count:
+        raise ConfigError(f"image column must hold {IMAGE_BYTES} bytes per row, not {array.type}")
+    data = array.buffers()[1]
+    if data is None:
+        return np.zeros((0, 28, 28), np.uint8)
+    flat = np.frombuffer(data, np.uint8, len(array) * IMAGE_BYTES, array.offset * IMAGE_BYTES)
+    return flat.reshape(len(array), 28, 28)
 
 
 def write(path: Path, items: Any) -> None:
@@ -99,6 +138,70 @@ def write(path: Path, items: Any) -> None:
     import pyarrow.parquet as pq
 
     pq.write_table(items, path, compression="zstd")
+
+
+def encode(items: Any) -> bytes:
+    """An Arrow table as the bytes of one Parquet file (what :func:`write` would write)."""
+    pa = _pyarrow()
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(items, sink, compression="zstd")
+    return bytes(sink.getvalue())
+
+
+def index_metadata(index: SearchIndex) -> dict[str, Any]:
+    """What an embeddings file records about the index whose encoder made its vectors: the
+    encoder's sha256 and file name, the model, the label names, the catalog."""
+    model = dict(index.manifest.get("model", {}))
+    catalog = index.manifest.get("catalog", {})
+    return {
+        "encoder_sha256": hashlib.sha256(index.encoder.data).hexdigest(),
+        "encoder_file": index.encoder_file.name,
+        "model": model,
+        "label_names": list(index.label_names),
+        "catalog": {k: catalog[k] for k in ("source", "split", "limit", "path") if k in catalog},
+        "preprocessing": index.manifest.get("preprocessing", {}),
+    }
+
+
+def export(index: SearchIndex, path: Path, images: bool = False) -> int:
+    """Write every item of ``index`` (id, label, label_name, source, vector; with ``images``
+    the model inputs too) as one Parquet file, atomically: a temporary file next to it is
+    renamed over ``path`` once complete. Returns the number of rows.
+
+    The file's metadata holds the encoder's sha256, the model, dimension, label names and count.
+    Raises OutputError when the file cannot be written (nothing is left behind).
+    """
+    import pyarrow.parquet as pq
+
+    _pyarrow()
+    metadata = index_metadata(index) | {"count": len(index)}
+    vectors, ids, labels, sources = index.vectors, index.ids, index.labels, index.sources
+    pixels = index.images if images else None
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with pq.ParquetWriter(
+            tmp, schema(index.dim, metadata, images), compression="zstd"
+        ) as writer:
+            for start in range(0, max(len(index), 1), EXPORT_ROWS):
+                part = slice(start, start + EXPORT_ROWS)
+                writer.write_table(
+                    table(
+                        ids[part],
+                        labels[part],
+                        index.label_names,
+                        sources[part],
+                        vectors[part],
+                        metadata,
+                        None if pixels is None else pixels[part],
+                    )
+                )
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return len(index)
 
 
 def read(paths: Path | Iterable[Path], dim: int | None = None) -> Embeddings:
@@ -159,7 +262,16 @@ def _embeddings(
         raise ConfigError(f"{files[0]}: the same id appears twice")
     labels = np.concatenate([_labels(t, label_names) for t in tables]).astype(np.int16)
     sources = np.asarray([s or "" for t in tables for s in _column(t, "source")], dtype=str)
-    return Embeddings(ids, labels, label_names, sources, vectors, metadata)
+    images = None
+    if all("image" in t.column_names for t in tables):
+        parts_images = []
+        for t, path in zip(tables, files, strict=True):
+            try:
+                parts_images.append(pixels_of(t.column("image")))
+            except ConfigError as exc:
+                raise ConfigError(f"{path}: {exc}") from None
+        images = np.concatenate(parts_images)
+    return Embeddings(ids, labels, label_names, sources, vectors, metadata, images)
 
 
 def _vectors(t: Any, path: Path) -> np.ndarray:

@@ -331,8 +331,23 @@ class SearchIndex:
     @property
     def images(self) -> np.ndarray:
         """All catalog images (n, 28, 28) uint8 (memory-mapped when loaded; its checksum is
-        verified on first use)."""
+        verified on first use). Raises ItemNotFoundError when the index has none (see
+        :attr:`has_item_images`)."""
+        self._check_item_images()
         return self._version.image_array()
+
+    @property
+    def has_item_images(self) -> bool:
+        """False for an index built from embeddings that did not keep the model inputs (``embed
+        --no-images``, ``export`` without ``--images``): it searches like any other, but has no
+        item images to show (its images.npy holds zeros)."""
+        return self.manifest.get("catalog", {}).get("item_images", True) is not False
+
+    def _check_item_images(self) -> None:
+        if not self.has_item_images:
+            raise ItemNotFoundError(
+                "this index has no item images (it was built from embeddings without them)"
+            )
 
     # ------------------------------------------------------------------ persistence
 
@@ -839,7 +854,9 @@ class SearchIndex:
         return self._version.row_of(item_id)
 
     def item_pixels(self, item_id: str) -> np.ndarray:
-        """The catalog item's (28, 28) uint8 image as the model saw it."""
+        """The catalog item's (28, 28) uint8 image as the model saw it (ItemNotFoundError for
+        an unknown id, or an index without item images)."""
+        self._check_item_images()
         version = self._version
         return np.array(version.image_array()[version.row_of(item_id)])
 

@@ -222,6 +222,7 @@ def create_app(
             "max_upload_bytes": max_upload_bytes,
             "max_k": MAX_K,
             "upload_timeout_s": upload_timeout,
+            "item_images": search_index.has_item_images,
         }
 
     @app.post(

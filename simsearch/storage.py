@@ -374,6 +374,7 @@ _OPTIONAL_FIELDS: dict[tuple[str, ...], tuple[type, ...]] = {
     ("catalog", "limit"): (int, type(None)),
     ("catalog", "label_names"): (list,),
     ("catalog", "skipped"): (list,),
+    ("catalog", "item_images"): (bool,),
     ("model", "model"): (str,),
     ("model", "code_size"): (int,),
     ("model", "epochs_run"): (int,),

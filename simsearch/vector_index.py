@@ -35,6 +35,7 @@ HNSW_UP_TO = 2_000_000
 # HNSW: removed items kept as tombstones up to this share of the graph, then it is rebuilt.
 MAX_TOMBSTONE_FRACTION = 0.1
 MAX_EF_SEARCH = 1 << 16
+TRAIN_PER_LIST = 256  # FAISS's k-means uses at most this many points per centroid
 
 
 def choose_type(index_type: str, count: int) -> str:
@@ -101,20 +102,20 @@ def build(
 
 
 def search(
-    index: Any, vectors: np.ndarray, k: int, params: Any = None
+    index: Any, vectors: np.ndarray, k: int, params: Any = None, coarse: Any = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k by inner product: scores (n, k') float32, positions (n, k') int64 (-1: none);
-    k' = min(k, ntotal). ``params``: FAISS SearchParameters (a selector, efSearch, nprobe)."""
+    k' = min(k, ntotal). ``params``: FAISS SearchParameters (a selector, efSearch, nprobe).
+    ``coarse``: for an IVF index, the lists to visit as its quantizer's (scores, lists) for
+    these vectors, (n, nprobe) each, already computed (shards sharing one quantizer)."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if vectors.ndim != 2 or vectors.shape[1] != index.d:
         raise ConfigError(f"query vectors have shape {vectors.shape}, expected (n, {index.d})")
     k = min(int(k), int(index.ntotal))
     if k <= 0 or len(vectors) == 0:
         return np.zeros((len(vectors), 0), np.float32), np.zeros((len(vectors), 0), np.int64)
-    extra = {"params": params} if params is not None else {}
     if len(vectors) >= SMALL_BATCH:
-        scores, rows = index.search(vectors, k, **extra)
-        return scores, rows
+        return _search(index, vectors, k, params, coarse)
     # One OpenMP thread for a handful of queries: forking a thread team costs more than the
     # search itself, and on a busy machine a spinning team can cost milliseconds.
     import faiss
@@ -122,9 +123,38 @@ def search(
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
     try:
-        scores, rows = index.search(vectors, k, **extra)
+        return _search(index, vectors, k, params, coarse)
     finally:
         faiss.omp_set_num_threads(threads)
+
+
+def _search(
+    index: Any, vectors: np.ndarray, k: int, params: Any, coarse: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    if coarse is None:
+        extra = {"params": params} if params is not None else {}
+        scores, rows = index.search(vectors, k, **extra)
+        return scores, rows
+    import faiss
+
+    # The C++ call: FAISS's Python wrapper of search_preassigned takes no SearchParameters.
+    centroid_scores = np.ascontiguousarray(coarse[0], dtype=np.float32)
+    lists = np.ascontiguousarray(coarse[1], dtype=np.int64)
+    if lists.shape != (len(vectors), index.nprobe) or centroid_scores.shape != lists.shape:
+        raise ConfigError(f"coarse assignment of shape {lists.shape} for nprobe {index.nprobe}")
+    scores = np.empty((len(vectors), k), np.float32)
+    rows = np.empty((len(vectors), k), np.int64)
+    index.search_preassigned_c(
+        len(vectors),
+        faiss.swig_ptr(vectors),
+        k,
+        faiss.swig_ptr(lists),
+        faiss.swig_ptr(centroid_scores),
+        faiss.swig_ptr(scores),
+        faiss.swig_ptr(rows),
+        False,
+        params,
+    )
     return scores, rows
 
 
@@ -215,7 +245,11 @@ class VectorIndex:
             raise IndexCorruptError("faiss_rows.npy does not map the index onto its items")
 
     def search(
-        self, vectors: np.ndarray, k: int, allowed: np.ndarray | None = None
+        self,
+        vectors: np.ndarray,
+        k: int,
+        allowed: np.ndarray | None = None,
+        coarse: Any = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(n, d) unit vectors -> scores (n, k'), catalog rows (n, k'); -1 rows: no result.
 
@@ -223,6 +257,7 @@ class VectorIndex:
         selector inside the search, so the k returned are the best allowed ones). An HNSW search
         looks at no fewer than k candidates (efSearch >= k). Approximate indexes may still
         return fewer than k'; the caller completes those rows (see SearchIndex).
+        ``coarse``: IVF lists already chosen for ``vectors`` (see :func:`search`).
         """
         selection = self._live
         live = self.count
@@ -237,7 +272,8 @@ class VectorIndex:
         k = min(int(k), live)
         if k <= 0:
             return np.zeros((len(vectors), 0), np.float32), np.zeros((len(vectors), 0), np.int64)
-        scores, positions = search(self.index, vectors, k, self._search_params(k, selection))
+        params = self._search_params(k, selection)
+        scores, positions = search(self.index, vectors, k, params, coarse)
         if self.unreachable is not None:
             scores, positions = self._with_unreachable(vectors, k, scores, positions, selection)
         if self.rows is None:
@@ -371,6 +407,9 @@ class ShardedIndex:
         self.kind = shards[0].kind
         self.params = shards[0].params
         self.starts = np.concatenate([[0], np.cumsum([s.count for s in shards])]).astype(int)
+        # IVF shards filled from one trained index share its quantizer: a search then finds
+        # the lists to visit once, not once per shard (FAISS's IndexShardsIVF does the same).
+        self.quantizer = _shared_quantizer(shards) if self.kind == "ivf" else None
 
     @property
     def d(self) -> int:
@@ -404,8 +443,11 @@ class ShardedIndex:
     def search(
         self, vectors: np.ndarray, k: int, allowed: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
+        coarse = None
+        if self.quantizer is not None:
+            coarse = search(self.quantizer, vectors, int(self.shards[0].index.nprobe))
         parts = [
-            shard.search(vectors, k, part)
+            shard.search(vectors, k, part, coarse)
             for shard, part in zip(self.shards, split_allowed(allowed, self.starts), strict=True)
         ]
         return merge_shards(parts, self.starts, k)
@@ -443,6 +485,23 @@ def merge_shards(
     return merge_top_k(shifted, k)
 
 
+def _shared_quantizer(shards: list[VectorIndex]) -> Any:
+    """The coarse quantizer every IVF shard has (same centroids, same nprobe), else None."""
+    first = shards[0].index
+    try:
+        quantizer = first.quantizer
+        centroids = quantizer.reconstruct_n(0, quantizer.ntotal)
+        for shard in shards[1:]:
+            other = shard.index.quantizer
+            if shard.index.nprobe != first.nprobe or other.ntotal != quantizer.ntotal:
+                return None
+            if not np.array_equal(other.reconstruct_n(0, other.ntotal), centroids):
+                return None
+    except (AttributeError, RuntimeError):  # not an IVF index after all
+        return None
+    return quantizer
+
+
 def merge_top_k(
     parts: list[tuple[np.ndarray, np.ndarray]], k: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -457,22 +516,32 @@ def merge_top_k(
 
 
 def build_shards(
-    vectors: np.ndarray, kind: str, params: dict[str, Any], sizes: list[int]
+    vectors: np.ndarray,
+    kind: str,
+    params: dict[str, Any],
+    sizes: list[int],
+    parallel: Callable[[list[np.ndarray], Any], list[Any]] | None = None,
 ) -> ShardedIndex:
     """Shards over consecutive slices of ``vectors`` of the given sizes. IVF shards share one
-    coarse quantizer, trained once on all the vectors (train once, add in parts)."""
+    coarse quantizer, trained once on a sample of all the vectors (train once, add in parts).
+
+    ``parallel(parts, empty)`` builds the parts' FAISS indexes elsewhere (a Ray cluster: see
+    ``simsearch.distributed.build_shards``), given the slices and the trained empty IVF index
+    (None for other types); by default they are built here, one after the other.
+    """
     if sum(sizes) != len(vectors):
         raise ConfigError(f"shard sizes add up to {sum(sizes)}, not {len(vectors)}")
-    empty = trained_empty(vectors, kind, params) if kind == "ivf" else None
-    shards, start = [], 0
-    for size in sizes:
-        part = vectors[start : start + size]
-        start += size
-        if empty is None:
-            shards.append(VectorIndex.build(part, kind, params))
-        else:
-            shards.append(VectorIndex(filled(empty, part), kind, params))
-    return ShardedIndex(shards)
+    empty = None
+    if kind == "ivf":
+        empty = trained_empty(training_sample(vectors, params), kind, params)
+    parts = np.split(np.ascontiguousarray(vectors, dtype=np.float32), np.cumsum(sizes)[:-1])
+    if parallel is not None:
+        indexes = parallel(parts, empty)
+    elif empty is not None:
+        indexes = [filled(empty, part) for part in parts]
+    else:
+        indexes = [build(part, kind, params) for part in parts]
+    return ShardedIndex([VectorIndex(index, kind, params) for index in indexes])
 
 
 def trained_empty(sample: np.ndarray, kind: str, params: dict[str, Any]) -> Any:
@@ -489,6 +558,17 @@ def filled(empty: Any, vectors: np.ndarray) -> Any:
     index = faiss.clone_index(empty)
     index.add(np.ascontiguousarray(vectors, dtype=np.float32))
     return index
+
+
+def training_sample(vectors: np.ndarray, params: dict[str, Any], seed: int = 0) -> np.ndarray:
+    """The vectors an IVF quantizer is trained on: all of them up to TRAIN_PER_LIST per list,
+    else a seeded random sample of that many (FAISS's k-means would subsample to it anyway), so
+    training costs the same whatever the catalog size and is done once for all shards."""
+    size = TRAIN_PER_LIST * int(params.get("nlist", 1))
+    if len(vectors) <= size:
+        return vectors
+    rows = np.sort(np.random.default_rng(seed).choice(len(vectors), size, replace=False))
+    return np.ascontiguousarray(vectors[rows])
 
 
 def shard_sizes(count: int, shards: int) -> list[int]:

@@ -8,6 +8,7 @@ let maxUpload = null;
 let maxK = null;
 let originalUrl = null;
 let inFlight = null; // AbortController of the running search: a newer one replaces it
+let itemImages = true; // false: an index built from embeddings without the item images
 
 function itemImageUrl(id) {
   return "api/items/" + id.split("/").map(encodeURIComponent).join("/") + "/image";
@@ -92,11 +93,18 @@ function render(data, blob) {
     const li = document.createElement("li");
     li.className = "hit";
     li.title = `${hit.id}\ndistance ${hit.distance.toFixed(4)}`;
-    const img = document.createElement("img");
-    img.className = "pixels";
-    img.loading = "lazy";
-    img.alt = hit.id;
-    img.src = itemImageUrl(hit.id);
+    let img;
+    if (itemImages) {
+      img = document.createElement("img");
+      img.className = "pixels";
+      img.loading = "lazy";
+      img.alt = hit.id;
+      img.src = itemImageUrl(hit.id);
+    } else {
+      img = document.createElement("div");
+      img.className = "pixels none";
+      img.textContent = "no image";
+    }
     const rank = document.createElement("span");
     rank.className = "rank";
     rank.textContent = `#${hit.rank}`;
@@ -167,8 +175,14 @@ function init() {
       maxUpload = h.max_upload_bytes ?? null;
       maxK = h.max_k ?? null;
       if (maxK) $("k").max = maxK;
+      itemImages = h.item_images !== false;
       $("status").textContent =
-        `${h.count.toLocaleString("en")} catalog items · ${h.model || "?"} model, ${h.dim}-d`;
+        `${h.count.toLocaleString("en")} catalog items · ${h.model || "?"} model, ${h.dim}-d` +
+        (itemImages ? "" : " · no item images");
+      if (!itemImages) {
+        $("random").disabled = true;
+        $("random").title = "this index has no item images (built from embeddings without them)";
+      }
     })
     .catch(() => { $("status").textContent = "server not reachable"; });
 }
