@@ -27,7 +27,6 @@ import functools
 import logging
 import re
 import signal
-import socket
 import sys
 import threading
 import time
@@ -65,7 +64,6 @@ SEARCH_TIMEOUT = 5.0  # seconds a search waits for all its shards before answeri
 HEALTH_TIMEOUT = 2.0  # seconds /api/health waits for each shard
 LOAD_TIMEOUT = 300.0  # seconds a shard may take to load (and verify) a version of its file
 DEPLOY_TIMEOUT = 300.0  # seconds the deployment may take to become ready
-CONNECT_TIMEOUT = 5.0  # seconds to wait for the head's port before calling it unreachable
 KEPT_VERSIONS = 2  # versions a shard replica holds: the one served and the one coming in
 CONSTRUCTOR_RETRIES = 3  # an app replica that cannot load the index fails the deployment soon
 STATUS_EVERY = 2.0  # seconds between checks that the application still runs
@@ -414,32 +412,12 @@ def application(
 
 
 def connect(address: str) -> Any:
-    """Connect this process to the Ray cluster at ``address`` (``host:port``, ``ray://...`` or
-    ``auto``); returns the ``ray`` module. Raises ClusterError (one line) when no cluster
-    answers there."""
-    ray = _ray()
-    if ray.is_initialized():
-        current = ray.get_runtime_context().gcs_address
-        if address in ("auto", current) or address.removeprefix("ray://") == current:
-            return ray
-        ray.shutdown()
-    if address != "auto":
-        host, _, port = address.removeprefix("ray://").rpartition(":")
-        if not host or not port.isdigit():
-            raise ClusterError(f"--ray {address!r}: expected host:port, ray://host:port or auto")
-        try:  # Ray itself retries an unreachable head for minutes
-            socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT).close()
-        except OSError as exc:
-            reason = exc.strerror or type(exc).__name__
-            raise ClusterError(f"cannot reach a Ray cluster at {address}: {reason}") from None
-    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # no INFO lines on our stderr
-    try:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-    except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
-        raise ClusterError(
-            f"cannot connect to a Ray cluster at {address}: {_first_line(exc)}"
-        ) from None
-    return ray
+    """Connect to the Ray cluster at ``address`` (see ``simsearch.distributed.connect``),
+    with Ray Serve's INFO lines kept off this command's stderr; returns the ``ray`` module."""
+    from simsearch.distributed import connect as connect_cluster
+
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    return connect_cluster(address)
 
 
 @dataclass
