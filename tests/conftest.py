@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -145,3 +146,12 @@ def real_data_or_skip() -> Path:
     if os.environ.get("CI"):
         pytest.fail(f"CI must install dataset-fashion-mnist ({REAL_DATA} is empty)")
     pytest.skip("dataset-fashion-mnist is not installed")
+
+
+def ray_or_skip() -> Any:
+    """The ``ray`` module; in CI (the test extra installs it) its absence is a failure."""
+    if os.environ.get("CI"):
+        import ray
+
+        return ray
+    return pytest.importorskip("ray")

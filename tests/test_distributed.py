@@ -23,10 +23,10 @@ from simsearch import SearchIndex, parquet
 from simsearch.build import build_from_embeddings
 from simsearch.data import item_id, load_split
 from simsearch.embeddings import EmbedConfig, embed
-from tests.conftest import real_data_or_skip
+from tests.conftest import ray_or_skip, real_data_or_skip
 from tests.fakedata import save_onnx_index
 
-ray = pytest.importorskip("ray")
+ray = ray_or_skip()
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).parents[1]
 CATALOG = 20_000  # items of the Fashion-MNIST train split embedded on the cluster

@@ -35,8 +35,9 @@ from typer.testing import CliRunner
 from simsearch import SearchIndex, vector_index
 from simsearch.cli import app as cli_app
 from simsearch.server import create_app
+from tests.conftest import ray_or_skip
 
-ray = pytest.importorskip("ray")
+ray = ray_or_skip()
 REPO = Path(__file__).parents[1]
 MAX_UPLOAD = 60_000  # small, so that the 413 case sends little
 CLIENTS = 4
