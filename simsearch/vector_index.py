@@ -22,7 +22,13 @@ import numpy as np
 
 from simsearch.errors import ConfigError, IndexCorruptError
 
-INDEX_TYPES = ("flat", "hnsw", "ivf")
+INDEX_TYPES = ("flat", "hnsw", "ivf", "ivf-fastscan")
+# IVF lists of 4-bit product-quantizer codes that FAISS scans with SIMD ("fast scan", codes of
+# residuals to the list centroid), the best ``refine`` x k candidates re-ranked by exact inner
+# product with the catalog vectors simsearch holds anyway: about 25 bytes per vector in the FAISS
+# index instead of 256 (flat, IVF-Flat) or 530 (HNSW), and no graph to build.
+FASTSCAN = "ivf-fastscan"
+IVF_TYPES = ("ivf", FASTSCAN)  # trained coarse quantizer: refilled on remove, shared by shards
 AUTO = "auto"  # the default: a type chosen by catalog size, see choose_type
 SMALL_BATCH = 20  # below this many queries, search on one thread
 # Up to here exact search of one 64-d query costs under ~0.5 ms on one core; beyond, HNSW
@@ -58,6 +64,10 @@ def default_params(index_type: str, count: int) -> dict[str, Any]:
     if index_type == "ivf":
         nlist = int(max(1, min(65536, round(4 * np.sqrt(max(count, 1))))))
         return {"nlist": nlist, "nprobe": max(1, min(nlist, 16)), "pq_m": 0}
+    if index_type == FASTSCAN:
+        # Fewer, longer lists than IVF-Flat: scanning codes is cheap, the coarse step is not.
+        nlist = int(max(1, min(65536, round(np.sqrt(max(count, 1))))))
+        return {"nlist": nlist, "nprobe": max(1, min(nlist, 16)), "pq_m": 0, "refine": 16}
     raise ConfigError(
         f"unknown --index-type {index_type!r}; choose one of {', '.join(INDEX_TYPES)}"
     )
@@ -93,6 +103,16 @@ def build(
             index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
         index.train(vectors)
         index.nprobe = int(min(params["nprobe"], nlist))
+    elif index_type == FASTSCAN:
+        if n == 0:
+            raise ConfigError("an IVF index needs vectors to train its lists on")
+        nlist = int(min(params["nlist"], max(1, n // 39)))
+        m = int(params.get("pq_m") or d // 2)  # 2 dimensions per 4-bit sub-quantizer
+        if m < 1 or d % m:
+            raise ConfigError(f"pq_m={m} must divide the embedding dimension {d}")
+        index = faiss.index_factory(d, f"IVF{nlist},PQ{m}x4fsr", faiss.METRIC_INNER_PRODUCT)
+        index.train(vectors)
+        index.nprobe = int(min(params["nprobe"], nlist))
     else:
         raise ConfigError(f"unknown --index-type {index_type!r}")
     index.add(vectors)
@@ -100,10 +120,14 @@ def build(
 
 
 def search(
-    index: Any, vectors: np.ndarray, k: int, params: Any = None
+    index: Any, vectors: np.ndarray, k: int, params: Any = None, threads: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k by inner product: scores (n, k') float32, positions (n, k') int64 (-1: none);
-    k' = min(k, ntotal). ``params``: FAISS SearchParameters (a selector, efSearch, nprobe)."""
+    k' = min(k, ntotal). ``params``: FAISS SearchParameters (a selector, efSearch, nprobe).
+
+    ``threads``: at most this many OpenMP threads for this call (None: FAISS's setting for
+    the calling thread); fewer than SMALL_BATCH queries run on one.
+    """
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if vectors.ndim != 2 or vectors.shape[1] != index.d:
         raise ConfigError(f"query vectors have shape {vectors.shape}, expected (n, {index.d})")
@@ -111,20 +135,65 @@ def search(
     if k <= 0 or len(vectors) == 0:
         return np.zeros((len(vectors), 0), np.float32), np.zeros((len(vectors), 0), np.int64)
     extra = {"params": params} if params is not None else {}
-    if len(vectors) >= SMALL_BATCH:
-        scores, rows = index.search(vectors, k, **extra)
-        return scores, rows
-    # One OpenMP thread for a handful of queries: forking a thread team costs more than the
-    # search itself, and on a busy machine a spinning team can cost milliseconds.
+    return _on_threads(threads, len(vectors), lambda: index.search(vectors, k, **extra))
+
+
+def rerank(
+    queries: np.ndarray,
+    catalog: np.ndarray,
+    candidates: np.ndarray,
+    k: int,
+    threads: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k best of each query's ``candidates`` (n, c) rows of ``catalog`` by exact inner
+    product: scores (n, k) float32 best first, rows (n, k) int64 (-1 after a query's last
+    candidate). ``queries`` (n, d) and ``catalog`` (rows, d) float32; ``threads`` as in
+    :func:`search`."""
     import faiss
 
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
-        scores, rows = index.search(vectors, k, **extra)
-    finally:
-        faiss.omp_set_num_threads(threads)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    catalog = np.ascontiguousarray(catalog, dtype=np.float32)
+    candidates = np.ascontiguousarray(candidates, dtype=np.int64)
+    n, c = candidates.shape
+    scores = np.empty((n, k), np.float32)
+    rows = np.empty((n, k), np.int64)
+    _on_threads(
+        threads,
+        n,
+        lambda: faiss.knn_inner_products_by_idx(  # type: ignore[attr-defined]  # not in the stubs
+            faiss.swig_ptr(queries),
+            faiss.swig_ptr(catalog),
+            faiss.swig_ptr(candidates),
+            catalog.shape[1],
+            n,
+            len(catalog),
+            c,
+            k,
+            faiss.swig_ptr(scores),
+            faiss.swig_ptr(rows),
+            c,  # the stride between queries' candidate lists
+        ),
+    )
     return scores, rows
+
+
+def _on_threads(threads: int | None, n: int, call: Callable[[], Any]) -> Any:
+    """``call()`` with at most ``threads`` OpenMP threads (None: FAISS's setting for the
+    calling thread, which is per thread and restored after); fewer than SMALL_BATCH queries on
+    one: starting a thread team costs more than such a search (on a busy machine, ms)."""
+    wanted = 1 if n < SMALL_BATCH else threads
+    if wanted is None:
+        return call()
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    if before == wanted:
+        return call()
+    faiss.omp_set_num_threads(wanted)
+    try:
+        return call()
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def save(index: Any, path: Path) -> None:
@@ -192,14 +261,22 @@ class VectorIndex:
             raise IndexCorruptError("faiss_rows.npy does not map the index onto its items")
 
     def search(
-        self, vectors: np.ndarray, k: int, allowed: np.ndarray | None = None
+        self,
+        vectors: np.ndarray,
+        k: int,
+        allowed: np.ndarray | None = None,
+        threads: int | None = None,
+        catalog: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(n, d) unit vectors -> scores (n, k'), catalog rows (n, k'); -1 rows: no result.
 
         ``allowed``: a bool mask over the catalog rows; only those are returned (a FAISS
         selector inside the search, so the k returned are the best allowed ones). An HNSW search
         looks at no fewer than k candidates (efSearch >= k). Approximate indexes may still
-        return fewer than k'; the caller completes those rows (see SearchIndex).
+        return fewer than k'; the caller completes those rows (see SearchIndex). ``threads``:
+        as in :func:`search`. ``catalog``: the (count, d) vectors of the catalog rows; an
+        ``ivf-fastscan`` index re-ranks its ``refine`` x k best candidates with them (without,
+        its scores are the quantized codes' approximations).
         """
         selection = self._live
         live = self.count
@@ -214,7 +291,12 @@ class VectorIndex:
         k = min(int(k), live)
         if k <= 0:
             return np.zeros((len(vectors), 0), np.float32), np.zeros((len(vectors), 0), np.int64)
-        scores, positions = search(self.index, vectors, k, self._search_params(k, selection))
+        params = self._search_params(k, selection)
+        refine = int(self.params.get("refine") or 1) if self.kind == FASTSCAN else 1
+        if refine > 1 and catalog is not None and self.rows is None:
+            _, candidates = search(self.index, vectors, k * refine, params, threads)
+            return rerank(vectors, catalog, candidates, k, threads)
+        scores, positions = search(self.index, vectors, k, params, threads)
         if self.rows is None:
             return scores, positions
         return scores, np.where(positions >= 0, self.rows[np.maximum(positions, 0)], -1)
@@ -224,19 +306,22 @@ class VectorIndex:
 
         params: Any
         if self.kind == "hnsw":
-            ef = max(int(self.index.hnsw.efSearch), k)
+            own = int(self.index.hnsw.efSearch)
+            ef = max(own, k)
             if selection is not None and selection.count < self.ntotal:
                 # A filter keeps a share of what the graph walk meets: look at more candidates.
                 ef = max(ef, int(k * self.ntotal / max(selection.count, 1)))
+            if selection is None and ef == own:
+                return None  # the index's own setting: no parameters to make per call
             params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # not in the stubs
             params.efSearch = min(ef, MAX_EF_SEARCH)
-        elif self.kind == "ivf":
+        elif selection is None:
+            return None  # flat and IVF: nothing differs from the index's own settings
+        elif self.kind in IVF_TYPES:
             params = faiss.SearchParametersIVF()
             params.nprobe = int(self.index.nprobe)
-        elif selection is not None:
-            params = faiss.SearchParameters()
         else:
-            return None
+            params = faiss.SearchParameters()
         if selection is not None:
             params.sel = selection.selector
         return params
@@ -268,11 +353,11 @@ class VectorIndex:
             if tombstones <= MAX_TOMBSTONE_FRACTION * len(mapped):
                 rows = mapped.astype(np.int64) if tombstones else None
                 return VectorIndex(self.index, self.kind, self.params, rows)
-        if self.kind == "ivf":
+        if self.kind in IVF_TYPES:
             import faiss
 
             clone = faiss.clone_index(self.index)
-            clone.reset()  # keeps the trained coarse quantizer
+            clone.reset()  # keeps the trained coarse quantizer (and product quantizer)
             if len(vectors):
                 clone.add(np.ascontiguousarray(vectors, dtype=np.float32))
             return VectorIndex(clone, self.kind, self.params)
@@ -334,12 +419,18 @@ class ShardedIndex:
             shard.check(shard.count, dim)
 
     def search(
-        self, vectors: np.ndarray, k: int, allowed: np.ndarray | None = None
+        self,
+        vectors: np.ndarray,
+        k: int,
+        allowed: np.ndarray | None = None,
+        threads: int | None = None,
+        catalog: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         parts = []
         for shard, start, end in zip(self.shards, self.starts[:-1], self.starts[1:], strict=True):
             part_allowed = None if allowed is None else allowed[start:end]
-            scores, rows = shard.search(vectors, k, part_allowed)
+            part_catalog = None if catalog is None else catalog[start:end]
+            scores, rows = shard.search(vectors, k, part_allowed, threads, part_catalog)
             parts.append((scores, np.where(rows >= 0, rows + start, -1)))
         return merge_top_k(parts, k)
 
@@ -376,7 +467,7 @@ def build_shards(
     coarse quantizer, trained once on all the vectors (train once, add in parts)."""
     if sum(sizes) != len(vectors):
         raise ConfigError(f"shard sizes add up to {sum(sizes)}, not {len(vectors)}")
-    empty = trained_empty(vectors, kind, params) if kind == "ivf" else None
+    empty = trained_empty(vectors, kind, params) if kind in IVF_TYPES else None
     shards, start = [], 0
     for size in sizes:
         part = vectors[start : start + size]
