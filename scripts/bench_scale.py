@@ -17,7 +17,7 @@ source as the catalog copies do, so the same recall needs a wider search).
 
 Measured per size, index type and search setting: recall@10 against exact inner-product search,
 and single-thread speed with ONE (1, d) query per call for three calls on the same index object,
-interleaved in rounds so that the machine's load falls on all alike:
+taking turns call by call so that the machine's load falls on all alike:
 ``bare`` (FAISS's own ``index.search``; for ``ivf-fastscan``, FAISS's ``IndexRefineFlat`` over the
 same codes with the same k_factor), ``vector_index`` (``VectorIndex.search``, what a
 ``SearchIndex`` calls) and ``search_index`` (``SearchIndex.search``: argument checks, filters,
@@ -133,23 +133,29 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 def side_by_side(calls: dict[str, Any], queries: np.ndarray, rounds: int) -> dict[str, Any]:
-    """Every call timed, one (1, d) query each; the variants take turns, one pass over the
-    queries per variant and round. Returns per variant queries/s (1 / median latency), p50/p99
-    latency in ms and the median ratio to the first variant."""
+    """Every call timed, one (1, d) query each, the variants taking turns call by call (the
+    order rotating, each on a different query at a time, so that none inherits a cache the
+    previous one warmed): the load of the machine falls on all alike. Returns per variant
+    queries/s (1 / median latency), p50/p99 latency in ms and the ratio of its median latency
+    to the first variant's."""
     singles = [np.ascontiguousarray(queries[i : i + 1]) for i in range(len(queries))]
+    named = list(calls.items())
     latencies: dict[str, list[float]] = {name: [] for name in calls}
     clock = time.perf_counter
-    for call in calls.values():  # warm-up
+    n, v = len(singles), len(named)
+    for _, call in named:  # warm-up
         for one in singles[:20]:
             call(one)
     for _ in range(rounds):
-        for name, call in calls.items():
-            times = latencies[name]
-            for one in singles:
+        for i in range(n):
+            for j in range(v):
+                slot = (i + j) % v  # who goes first rotates
+                name, call = named[slot]
+                one = singles[(i + slot * n // v) % n]
                 start = clock()
                 call(one)
-                times.append(clock() - start)
-    first = statistics.median(next(iter(latencies.values())))
+                latencies[name].append(clock() - start)
+    first = statistics.median(latencies[named[0][0]])
     out: dict[str, Any] = {}
     for name, times in latencies.items():
         p50, p99 = np.percentile(times, [50, 99])
@@ -366,9 +372,9 @@ def main() -> None:
         },
         "protocol": {
             "k": K,
-            "speed": "one thread, one (1, d) query per call, bare / vector_index / search_index "
-            f"interleaved, {args.rounds} rounds of {args.qps_queries} queries each; qps = 1 / "
-            "median latency",
+            "speed": "one thread, one (1, d) query per call; bare / vector_index / search_index "
+            f"take turns call by call, {args.rounds} rounds of {args.qps_queries} queries each; "
+            "qps = 1 / median latency",
         },
         "sizes": {},
     }

@@ -639,15 +639,14 @@ class SearchIndex:
         parts = parallel.chunks(len(data), self._threads)
         if len(parts) <= 1:  # one chunk: in this thread, FAISS on all the threads allowed
             vectors = self.embed_pixels(data) if embed else data
-            yield self._search(version, vectors, k, where, self._threads)
-            return
+            return iter((self._search(version, vectors, k, where, self._threads),))
         version.allowed(where)  # the filter mask, made (and cached) once for every chunk
 
         def answer(chunk: np.ndarray) -> tuple[Floats, Rows]:
             vectors = normalize(self.encoder.encode(chunk, threads=1)) if embed else chunk
             return self._search(version, vectors, k, where, threads=1)
 
-        yield from parallel.map_in_order(answer, [data[p] for p in parts], self._threads)
+        return parallel.map_in_order(answer, [data[p] for p in parts], self._threads)
 
     def _search(
         self, version: _Version, vectors: Floats, k: int, where: _Where, threads: int
@@ -663,8 +662,8 @@ class SearchIndex:
             scores, rows = _exact(version.vectors, vectors, k, candidates)
         else:
             scores, rows = version.vindex.search(vectors, k, allowed, threads, version.vectors)
-            short = np.flatnonzero(rows[:, -1] < 0)  # FAISS fills a row's end with -1
-            if len(short):  # the approximate search came back with fewer than k: complete it
+            short = rows[:, -1] < 0  # FAISS fills a row's end with -1
+            if short.any():  # the approximate search came back with fewer than k: complete it
                 scores[short], rows[short] = _exact(version.vectors, vectors[short], k, candidates)
         np.minimum(scores, 1.0, out=scores)  # float rounding can step past +-1
         np.maximum(scores, -1.0, out=scores)
