@@ -21,6 +21,9 @@ from simsearch.parallel import check_threads, chunks, map_in_order
 class Encoder(Protocol):
     dim: int
     data: bytes  # the encoder file's content
+    # True: each encode() call runs on one thread, so a batch goes in chunks to worker threads;
+    # False: encode() threads a whole batch itself (numpy's BLAS), give it the batch at once.
+    in_chunks: bool
 
     def encode(self, images: np.ndarray, threads: int | None = None) -> np.ndarray:
         """(n, 28, 28) uint8 -> (n, dim) float32 raw codes (not normalised), on up to
@@ -35,6 +38,8 @@ class OnnxEncoder:
     (handing work to other threads would cost more than the work), a large batch in chunks on
     several threads at once (``simsearch.parallel``), which share the session.
     """
+
+    in_chunks = True
 
     def __init__(self, path: Path, data: bytes | None = None) -> None:
         self.path = path
@@ -77,6 +82,8 @@ class OnnxEncoder:
 
 class LinearEncoder:
     """PCA projection: codes = (pixels / 255 - mean) @ components."""
+
+    in_chunks = False  # BLAS threads called from several threads at once spin against each other
 
     def __init__(self, path: Path, data: bytes | None = None) -> None:
         self.path = path

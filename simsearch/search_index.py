@@ -636,6 +636,8 @@ class SearchIndex:
         """:meth:`_search` over a batch of unit vectors, or of (n, 28, 28) uint8 pixels
         embedded first (``embed``), in chunks on :attr:`threads` threads, each chunk embedded
         and searched on one core: (scores, rows) per chunk, in order."""
+        if embed and not self.encoder.in_chunks:
+            data, embed = self.embed_pixels(data), False
         parts = parallel.chunks(len(data), self._threads)
         if len(parts) <= 1:  # one chunk: in this thread, FAISS on all the threads allowed
             vectors = self.embed_pixels(data) if embed else data
