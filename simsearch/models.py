@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from simsearch.errors import MissingDependencyError
 from simsearch.recipes import Corruption, recipe
 
 # The encoder's stack of 3x3 Conv2D+BN+ReLU layers, as (filters, stride): 28 -> 14 -> 7 px.
@@ -83,14 +84,22 @@ def import_keras() -> Any:
     is read, so no setting hides them: the import runs with the process's stderr captured, and
     everything else written meanwhile is passed on. They are shown when ``TF_CPP_MIN_LOG_LEVEL``
     is 0 (``--verbose``); when it is unset it becomes 3, which hides TensorFlow's later C++ logs.
+    Raises MissingDependencyError (one line naming the ``train`` extra) when they are not
+    installed: the query path and PCA indexes never need them.
     """
     level = os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if level == "0" or "keras" in sys.modules:
-        import keras
+    try:
+        if level == "0" or "keras" in sys.modules:
+            import keras
 
-        return keras
-    with _startup_lines_hidden():
-        import keras
+            return keras
+        with _startup_lines_hidden():
+            import keras
+    except ModuleNotFoundError as exc:
+        raise MissingDependencyError(
+            f"training an autoencoder needs TensorFlow and Keras ({exc.name or 'keras'} is not "
+            "installed): pip install 'simsearch[train]', or build with --model pca"
+        ) from None
     return keras
 
 

@@ -240,14 +240,23 @@ class RemoteShards:
             )
 
     def search(
-        self, vectors: np.ndarray, k: int, allowed: np.ndarray | None = None
+        self,
+        vectors: np.ndarray,
+        k: int,
+        allowed: np.ndarray | None = None,
+        *,
+        threads: int | None = None,
+        catalog: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Every shard searched at once; their top k merged. Raises UnavailableError when a
-        shard does not answer within SEARCH_TIMEOUT (or cannot search)."""
+        shard does not answer within SEARCH_TIMEOUT (or cannot search). ``catalog``: the
+        catalog's vectors, with which an ``ivf-fastscan`` index's candidates are re-ranked
+        here, as a sharded index in one process re-ranks each shard's."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         parts = vector_index.split_allowed(allowed, self.starts)
+        refine = vector_index.refine_of(self.kind, self.params) if catalog is not None else 1
         deadline = time.monotonic() + SEARCH_TIMEOUT
-        calls = [self._call(i, "search", vectors, k, part) for i, part in enumerate(parts)]
+        calls = [self._call(i, "search", vectors, k * refine, part) for i, part in enumerate(parts)]
         try:
             results = [self._result(i, call, deadline) for i, call in enumerate(calls)]
         except SimsearchError as exc:
@@ -256,7 +265,17 @@ class RemoteShards:
             if isinstance(exc, UnavailableError):
                 raise
             raise UnavailableError(f"a shard cannot search: {exc}") from None
-        return vector_index.merge_shards(results, self.starts, k)
+        if refine == 1 or catalog is None:
+            return vector_index.merge_shards(results, self.starts, k)
+        shifted = [
+            np.where(rows >= 0, rows + start, -1)
+            for (_, rows), start in zip(results, self.starts[:-1], strict=True)
+        ]
+        candidates = np.concatenate(shifted, axis=1)
+        # FAISS's re-ranking stops at a list's first -1: put every shard's -1s last
+        last = np.argsort(candidates < 0, axis=1, kind="stable")
+        candidates = np.take_along_axis(candidates, last, axis=1)
+        return vector_index.rerank(vectors, catalog, candidates, k, threads)
 
     def unavailable(self) -> dict[str, str]:
         """The shards that do not answer within HEALTH_TIMEOUT (or cannot load this version),

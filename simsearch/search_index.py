@@ -7,7 +7,7 @@ import io
 import mmap
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from simsearch import storage, vector_index
+from simsearch import parallel, storage, vector_index
 from simsearch.encoders import Encoder, load_encoder, normalize
 from simsearch.errors import (
     ConfigError,
@@ -27,7 +27,7 @@ from simsearch.errors import (
     IndexExistsError,
     ItemNotFoundError,
 )
-from simsearch.hit import Hit
+from simsearch.hit import Hit, ItemFields, many_objects, ranked_hits
 from simsearch.images import ImageInput, preprocess, preprocess_array
 from simsearch.vector_index import VectorIndex
 
@@ -136,6 +136,9 @@ class _Where:
         return (self.labels, self.id_prefix, self.exclude_ids)
 
 
+NO_FILTER = _Where()
+
+
 @dataclass(frozen=True, eq=False)
 class _Version:
     """Everything a query reads, consistent with itself. Never changed: add and remove make a
@@ -149,9 +152,7 @@ class _Version:
     vindex: vector_index.Searcher
     # Filled lazily: id -> row, and (id, label, label name, source) per row returned by queries.
     row_index: dict[str, int] = field(default_factory=dict)
-    hit_fields: dict[int, tuple[str, int | None, str | None, str | None]] = field(
-        default_factory=dict
-    )
+    hit_fields: dict[int, ItemFields] = field(default_factory=dict)
     masks: dict[tuple[Any, ...], NDArray[np.bool_]] = field(default_factory=dict)
 
     def row_of(self, item_id: str) -> int:
@@ -164,7 +165,7 @@ class _Version:
 
     def allowed(self, where: _Where) -> NDArray[np.bool_] | None:
         """Bool mask of the rows the filters let through (None: no filter); cached."""
-        if where.filters == (None, None, frozenset()):
+        if where.labels is None and where.id_prefix is None and not where.exclude_ids:
             return None
         mask = self.masks.get(where.filters)
         if mask is None:
@@ -261,6 +262,7 @@ class SearchIndex:
         vindex.check(n, self.dim)
         self._version = _Version(vectors, ids, labels, sources, images, vindex)
         self._writing = threading.Lock()  # one change at a time; queries never wait for it
+        self._threads = parallel.available_cores()
         self._disk_digest: str | None = None  # the manifest this index was loaded from / saved
         self._unsaved = False  # changed in memory since it was loaded or saved
 
@@ -327,6 +329,18 @@ class SearchIndex:
     def faiss_rows(self) -> np.ndarray | None:
         vindex = self._version.vindex
         return vindex.rows if isinstance(vindex, VectorIndex) else None
+
+    @property
+    def threads(self) -> int:
+        """Threads a large batch runs on (embedding, batch queries, :meth:`search`,
+        :meth:`search_arrays`): every core this process may use, unless set. Each thread holds
+        about 20 MB of encoder working memory once used (batches go through in chunks of
+        ``simsearch.parallel.CHUNK`` images); 1 runs everything in the calling thread."""
+        return self._threads
+
+    @threads.setter
+    def threads(self, threads: int | None) -> None:
+        self._threads = parallel.check_threads(threads)
 
     @property
     def images(self) -> np.ndarray:
@@ -525,7 +539,7 @@ class SearchIndex:
         pixels = _check_pixels(pixels)
         if not len(pixels):
             return np.zeros((0, self.dim), np.float32)
-        return normalize(self.encoder.encode(pixels))
+        return normalize(self.encoder.encode(pixels, self._threads))
 
     def search(
         self,
@@ -546,7 +560,8 @@ class SearchIndex:
         as in :meth:`query`.
         """
         where = self._where(labels, id_prefix, exclude_ids, min_similarity, max_distance)
-        return self._search(self._version, _check_vectors(vectors, self.dim), _check_k(k), where)
+        vectors = _check_vectors(vectors, self.dim)
+        return _joined(self._answers(self._version, vectors, _check_k(k), where, embed=False))
 
     def search_arrays(
         self,
@@ -559,16 +574,18 @@ class SearchIndex:
         fewer results), similarities float32 (NaN there). Filters as in :meth:`query`."""
         version = self._version
         data = images_or_vectors
+        where = self._where(**filters)
+        k = _check_k(k)
         if (
             isinstance(data, np.ndarray)
             and data.dtype.kind == "f"
             and data.shape[-1:] == (self.dim,)
         ):
             vectors = normalize(_check_vectors(data, self.dim))
+            answers = self._answers(version, vectors, k, where, embed=False)
         else:
-            vectors = self.embed(data)
-        where = self._where(**filters)
-        scores, rows = self._search(version, vectors, _check_k(k), where)
+            answers = self._answers(version, _to_pixels(data), k, where, embed=True)
+        scores, rows = _joined(answers)
         return _ids_of(version, rows), scores
 
     def ids_for(self, rows: np.ndarray) -> NDArray[np.str_]:
@@ -620,8 +637,11 @@ class SearchIndex:
         version = self._version  # one version for the search and the hits
         where = self._where(**filters)
         k = _check_k(k)
-        vectors = self.embed_pixels(pixels)
-        return self._hit_lists(version, *self._search(version, vectors, k, where))
+        hits: list[list[Hit]] = []
+        # The calling thread makes the Hits of each chunk while the next ones are searched.
+        for scores, rows in self._answers(version, _check_pixels(pixels), k, where, embed=True):
+            hits.extend(self._hit_lists(version, scores, rows))
+        return hits
 
     # ------------------------------------------------------------------ search internals
 
@@ -634,6 +654,8 @@ class SearchIndex:
         max_distance: float | None = None,
     ) -> _Where:
         """Checked filters and threshold (ConfigError on a bad value)."""
+        if labels is id_prefix is exclude_ids is min_similarity is max_distance is None:
+            return NO_FILTER
         label_ids = None
         if labels is not None:
             if isinstance(labels, str | int):
@@ -667,8 +689,28 @@ class SearchIndex:
             )
         return number
 
+    def _answers(
+        self, version: _Version, data: np.ndarray, k: int, where: _Where, embed: bool
+    ) -> Iterator[tuple[Floats, Rows]]:
+        """:meth:`_search` over a batch of unit vectors, or of (n, 28, 28) uint8 pixels
+        embedded first (``embed``), in chunks on :attr:`threads` threads, each chunk embedded
+        and searched on one core: (scores, rows) per chunk, in order."""
+        if embed and not self.encoder.in_chunks:
+            data, embed = self.embed_pixels(data), False
+        parts = parallel.chunks(len(data), self._threads)
+        if len(parts) <= 1:  # one chunk: in this thread, FAISS on all the threads allowed
+            vectors = self.embed_pixels(data) if embed else data
+            return iter((self._search(version, vectors, k, where, self._threads),))
+        version.allowed(where)  # the filter mask, made (and cached) once for every chunk
+
+        def answer(chunk: np.ndarray) -> tuple[Floats, Rows]:
+            vectors = normalize(self.encoder.encode(chunk, threads=1)) if embed else chunk
+            return self._search(version, vectors, k, where, threads=1)
+
+        return parallel.map_in_order(answer, [data[p] for p in parts], self._threads)
+
     def _search(
-        self, version: _Version, vectors: Floats, k: int, where: _Where
+        self, version: _Version, vectors: Floats, k: int, where: _Where, threads: int
     ) -> tuple[Floats, Rows]:
         n = len(vectors)
         allowed = version.allowed(where)
@@ -680,11 +722,14 @@ class SearchIndex:
         if candidates is not None and available <= EXACT_UP_TO:
             scores, rows = _exact(version.vectors, vectors, k, candidates)
         else:
-            scores, rows = version.vindex.search(vectors, k, allowed)
-            short = np.flatnonzero((rows < 0).any(axis=1))
-            if len(short):  # the approximate search came back with fewer than k: complete it
+            scores, rows = version.vindex.search(
+                vectors, k, allowed, threads=threads, catalog=version.vectors
+            )
+            short = rows[:, -1] < 0  # FAISS fills a row's end with -1
+            if short.any():  # the approximate search came back with fewer than k: complete it
                 scores[short], rows[short] = _exact(version.vectors, vectors[short], k, candidates)
-        scores = np.clip(scores, -1.0, 1.0)
+        np.minimum(scores, 1.0, out=scores)  # float rounding can step past +-1
+        np.maximum(scores, -1.0, out=scores)
         if where.min_similarity is not None:
             below = scores < where.min_similarity
             scores[below], rows[below] = np.nan, -1
@@ -693,40 +738,35 @@ class SearchIndex:
     def _hit_lists(
         self, version: _Version, scores: np.ndarray, rows: np.ndarray
     ) -> list[list[Hit]]:
-        """FAISS-shaped (n, k) scores and rows -> one list of Hits per query."""
+        """FAISS-shaped (n, k) scores and rows -> one list of Hits per query (rows -1 left
+        out: no result)."""
         # Whole-batch numpy first, then one cheap Hit per result: at 10 hits per query,
         # building Hits is a large share of a batch's time. Similarities are rounded to what
         # float32 vectors can tell apart (6 decimals): an item matched with itself is 1.0.
         similarities = np.round(scores.astype(np.float64), 6)
         distances = np.round(1.0 - similarities, 6)
-        return [
-            self._hits(version, s, d, r)
-            for s, d, r in zip(
-                similarities.tolist(), distances.tolist(), rows.tolist(), strict=True
-            )
-        ]
-
-    def _hits(
-        self, version: _Version, similarities: list[float], distances: list[float], rows: list[int]
-    ) -> list[Hit]:
-        hits: list[Hit] = []
-        cached = version.hit_fields
-        for similarity, distance, row in zip(similarities, distances, rows, strict=True):
-            if row < 0:  # no result (cut by a threshold)
-                continue
-            fields = cached.get(row)
-            if fields is None:
-                fields = cached[row] = (
-                    str(version.ids[row]),
-                    self._label(version, row),
-                    self._label_name(version, row),
-                    str(version.sources[row]) or None,
+        fields = version.hit_fields.get
+        with many_objects():
+            return [
+                ranked_hits(
+                    (fields(row) or self._item_fields(version, row), similarity, distance)
+                    for similarity, distance, row in zip(s, d, r, strict=True)
+                    if row >= 0  # -1: no result (cut by a threshold)
                 )
-            item_id, label, label_name, source = fields
-            hits.append(
-                Hit.make(len(hits) + 1, item_id, label, label_name, similarity, distance, source)
-            )
-        return hits
+                for s, d, r in zip(
+                    similarities.tolist(), distances.tolist(), rows.tolist(), strict=True
+                )
+            ]
+
+    def _item_fields(self, version: _Version, row: int) -> ItemFields:
+        """(id, label, label name, source) of a catalog row, cached for the next queries."""
+        fields = version.hit_fields[row] = (
+            str(version.ids[row]),
+            self._label(version, row),
+            self._label_name(version, row),
+            str(version.sources[row]) or None,
+        )
+        return fields
 
     # ------------------------------------------------------------------ changes
 
@@ -955,6 +995,14 @@ def _exact(
         picked = np.take_along_axis(top, order, axis=1)
         rows[start : start + len(sims)] = picked if candidates is None else candidates[picked]
     return scores, rows
+
+
+def _joined(answers: Iterator[tuple[Floats, Rows]]) -> tuple[Floats, Rows]:
+    """The (scores, rows) of a batch's chunks, stacked."""
+    parts = list(answers)
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def _ids_of(version: _Version, rows: np.ndarray) -> NDArray[np.str_]:

@@ -46,6 +46,7 @@ from simsearch.errors import (
     IndexWriteError,
     SimsearchError,
 )
+from simsearch.vector_index import INDEX_TYPES
 
 MANIFEST = "manifest.json"
 LOCK = ".lock"
@@ -54,7 +55,6 @@ FORMAT_VERSION = 2
 SUPPORTED_FORMATS = (1, 2)  # 1: no manifest checksum
 REQUIRED_KEYS = ("format_version", "metric", "embedding_dim", "count", "index", "model", "files")
 ENCODER_FILES = ("encoder.onnx", "encoder.npz")
-INDEX_TYPES = ("flat", "hnsw", "ivf")
 # What a generation folder and a file in it may be called: nothing that can leave the folder.
 GENERATION_NAME = re.compile(r"v\d{8}T\d{6}-[0-9a-f]{6}")
 FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")

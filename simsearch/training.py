@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from simsearch.errors import ConfigError
+from simsearch.errors import ConfigError, MissingDependencyError
 from simsearch.models import Autoencoder
 from simsearch.progress import Reporter
 from simsearch.recipes import TrainConfig
@@ -303,7 +303,13 @@ def export_onnx(encoder: Any, path: Path) -> None:
     encoder(np.zeros((1, 28, 28), np.float32))  # Keras' exporter needs a built, called model
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tf2onnx's numpy deprecation chatter
-        encoder.export(str(path), format="onnx", verbose=False)
+        try:
+            encoder.export(str(path), format="onnx", verbose=False)
+        except ImportError as exc:  # Keras imports tf2onnx/onnx only here
+            raise MissingDependencyError(
+                f"exporting the encoder to ONNX needs tf2onnx and onnx ({exc}): "
+                "pip install 'simsearch[train]'"
+            ) from None
 
 
 def progress_callback(reporter: Reporter, epochs: int, n: int, batch_size: int) -> Any:

@@ -23,7 +23,13 @@ import numpy as np
 
 from simsearch.errors import ConfigError, IndexCorruptError
 
-INDEX_TYPES = ("flat", "hnsw", "ivf")
+INDEX_TYPES = ("flat", "hnsw", "ivf", "ivf-fastscan")
+# IVF lists of 4-bit product-quantizer codes that FAISS scans with SIMD ("fast scan", codes of
+# residuals to the list centroid), the best ``refine`` x k candidates re-ranked by exact inner
+# product with the catalog vectors simsearch holds anyway: about 25 bytes per vector in the FAISS
+# index instead of 256 (flat, IVF-Flat) or 530 (HNSW), and no graph to build.
+FASTSCAN = "ivf-fastscan"
+IVF_TYPES = ("ivf", FASTSCAN)  # trained coarse quantizer: refilled on remove, shared by shards
 AUTO = "auto"  # the default: a type chosen by catalog size, see choose_type
 SMALL_BATCH = 20  # below this many queries, search on one thread
 # Up to here exact search of one 64-d query costs under ~0.5 ms on one core; beyond, HNSW
@@ -60,6 +66,12 @@ def default_params(index_type: str, count: int) -> dict[str, Any]:
     if index_type == "ivf":
         nlist = int(max(1, min(65536, round(4 * np.sqrt(max(count, 1))))))
         return {"nlist": nlist, "nprobe": max(1, min(nlist, 16)), "pq_m": 0}
+    if index_type == FASTSCAN:
+        # Fewer, longer lists than IVF-Flat: scanning codes is cheap, the coarse step is not.
+        # The 4-bit codes, not nprobe, cap recall: re-ranking 32 x k candidates brings recall@10
+        # to 0.96 on a million vectors (scripts/README.md, "Scale").
+        nlist = int(max(1, min(65536, round(np.sqrt(max(count, 1))))))
+        return {"nlist": nlist, "nprobe": max(1, min(nlist, 8)), "pq_m": 0, "refine": 32}
     raise ConfigError(
         f"unknown --index-type {index_type!r}; choose one of {', '.join(INDEX_TYPES)}"
     )
@@ -95,6 +107,16 @@ def build(
             index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
         index.train(vectors)
         index.nprobe = int(min(params["nprobe"], nlist))
+    elif index_type == FASTSCAN:
+        if n == 0:
+            raise ConfigError("an IVF index needs vectors to train its lists on")
+        nlist = int(min(params["nlist"], max(1, n // 39)))
+        m = int(params.get("pq_m") or d // 2)  # 2 dimensions per 4-bit sub-quantizer
+        if m < 1 or d % m:
+            raise ConfigError(f"pq_m={m} must divide the embedding dimension {d}")
+        index = faiss.index_factory(d, f"IVF{nlist},PQ{m}x4fsr", faiss.METRIC_INNER_PRODUCT)
+        index.train(vectors)
+        index.nprobe = int(min(params["nprobe"], nlist))
     else:
         raise ConfigError(f"unknown --index-type {index_type!r}")
     index.add(vectors)
@@ -102,30 +124,28 @@ def build(
 
 
 def search(
-    index: Any, vectors: np.ndarray, k: int, params: Any = None, coarse: Any = None
+    index: Any,
+    vectors: np.ndarray,
+    k: int,
+    params: Any = None,
+    coarse: Any = None,
+    threads: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k by inner product: scores (n, k') float32, positions (n, k') int64 (-1: none);
     k' = min(k, ntotal). ``params``: FAISS SearchParameters (a selector, efSearch, nprobe).
     ``coarse``: for an IVF index, the lists to visit as its quantizer's (scores, lists) for
-    these vectors, (n, nprobe) each, already computed (shards sharing one quantizer)."""
+    these vectors, (n, nprobe) each, already computed (shards sharing one quantizer).
+
+    ``threads``: at most this many OpenMP threads for this call (None: FAISS's setting for
+    the calling thread); fewer than SMALL_BATCH queries run on one.
+    """
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if vectors.ndim != 2 or vectors.shape[1] != index.d:
         raise ConfigError(f"query vectors have shape {vectors.shape}, expected (n, {index.d})")
     k = min(int(k), int(index.ntotal))
     if k <= 0 or len(vectors) == 0:
         return np.zeros((len(vectors), 0), np.float32), np.zeros((len(vectors), 0), np.int64)
-    if len(vectors) >= SMALL_BATCH:
-        return _search(index, vectors, k, params, coarse)
-    # One OpenMP thread for a handful of queries: forking a thread team costs more than the
-    # search itself, and on a busy machine a spinning team can cost milliseconds.
-    import faiss
-
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
-        return _search(index, vectors, k, params, coarse)
-    finally:
-        faiss.omp_set_num_threads(threads)
+    return _on_threads(threads, len(vectors), lambda: _search(index, vectors, k, params, coarse))
 
 
 def _search(
@@ -156,6 +176,69 @@ def _search(
         params,
     )
     return scores, rows
+
+
+def rerank(
+    queries: np.ndarray,
+    catalog: np.ndarray,
+    candidates: np.ndarray,
+    k: int,
+    threads: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k best of each query's ``candidates`` (n, c) rows of ``catalog`` by exact inner
+    product: scores (n, k) float32 best first, rows (n, k) int64 (-1 after a query's last
+    candidate). ``queries`` (n, d) and ``catalog`` (rows, d) float32; ``threads`` as in
+    :func:`search`."""
+    import faiss
+
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    catalog = np.ascontiguousarray(catalog, dtype=np.float32)
+    candidates = np.ascontiguousarray(candidates, dtype=np.int64)
+    n, c = candidates.shape
+    scores = np.empty((n, k), np.float32)
+    rows = np.empty((n, k), np.int64)
+    _on_threads(
+        threads,
+        n,
+        lambda: faiss.knn_inner_products_by_idx(  # type: ignore[attr-defined]  # not in the stubs
+            faiss.swig_ptr(queries),
+            faiss.swig_ptr(catalog),
+            faiss.swig_ptr(candidates),
+            catalog.shape[1],
+            n,
+            len(catalog),
+            c,
+            k,
+            faiss.swig_ptr(scores),
+            faiss.swig_ptr(rows),
+            c,  # the stride between queries' candidate lists
+        ),
+    )
+    return scores, rows
+
+
+def refine_of(kind: str, params: dict[str, Any]) -> int:
+    """How many times k candidates an index's search re-ranks exactly (1: none)."""
+    return max(1, int(params.get("refine") or 1)) if kind == FASTSCAN else 1
+
+
+def _on_threads(threads: int | None, n: int, call: Callable[[], Any]) -> Any:
+    """``call()`` with at most ``threads`` OpenMP threads (None: FAISS's setting for the
+    calling thread, which is per thread and restored after); fewer than SMALL_BATCH queries on
+    one: starting a thread team costs more than such a search (on a busy machine, ms)."""
+    wanted = 1 if n < SMALL_BATCH else threads
+    if wanted is None:
+        return call()
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    if before == wanted:
+        return call()
+    faiss.omp_set_num_threads(wanted)
+    try:
+        return call()
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def save(index: Any, path: Path) -> None:
@@ -250,6 +333,8 @@ class VectorIndex:
         k: int,
         allowed: np.ndarray | None = None,
         coarse: Any = None,
+        threads: int | None = None,
+        catalog: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(n, d) unit vectors -> scores (n, k'), catalog rows (n, k'); -1 rows: no result.
 
@@ -257,7 +342,10 @@ class VectorIndex:
         selector inside the search, so the k returned are the best allowed ones). An HNSW search
         looks at no fewer than k candidates (efSearch >= k). Approximate indexes may still
         return fewer than k'; the caller completes those rows (see SearchIndex).
-        ``coarse``: IVF lists already chosen for ``vectors`` (see :func:`search`).
+        ``coarse``: IVF lists already chosen for ``vectors`` (see :func:`search`). ``threads``:
+        as in :func:`search`. ``catalog``: the (count, d) vectors of the catalog rows; an
+        ``ivf-fastscan`` index re-ranks its ``refine`` x k best candidates with them (without,
+        its scores are the quantized codes' approximations).
         """
         selection = self._live
         live = self.count
@@ -273,7 +361,11 @@ class VectorIndex:
         if k <= 0:
             return np.zeros((len(vectors), 0), np.float32), np.zeros((len(vectors), 0), np.int64)
         params = self._search_params(k, selection)
-        scores, positions = search(self.index, vectors, k, params, coarse)
+        refine = refine_of(self.kind, self.params)
+        if refine > 1 and catalog is not None and self.rows is None:
+            _, candidates = search(self.index, vectors, k * refine, params, coarse, threads)
+            return rerank(vectors, catalog, candidates, k, threads)
+        scores, positions = search(self.index, vectors, k, params, coarse, threads)
         if self.unreachable is not None:
             scores, positions = self._with_unreachable(vectors, k, scores, positions, selection)
         if self.rows is None:
@@ -306,19 +398,22 @@ class VectorIndex:
 
         params: Any
         if self.kind == "hnsw":
-            ef = max(int(self.index.hnsw.efSearch), k)
+            own = int(self.index.hnsw.efSearch)
+            ef = max(own, k)
             if selection is not None and selection.count < self.ntotal:
                 # A filter keeps a share of what the graph walk meets: look at more candidates.
                 ef = max(ef, int(k * self.ntotal / max(selection.count, 1)))
+            if selection is None and ef == own:
+                return None  # the index's own setting: no parameters to make per call
             params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # not in the stubs
             params.efSearch = min(ef, MAX_EF_SEARCH)
-        elif self.kind == "ivf":
+        elif selection is None:
+            return None  # flat and IVF: nothing differs from the index's own settings
+        elif self.kind in IVF_TYPES:
             params = faiss.SearchParametersIVF()
             params.nprobe = int(self.index.nprobe)
-        elif selection is not None:
-            params = faiss.SearchParameters()
         else:
-            return None
+            params = faiss.SearchParameters()
         if selection is not None:
             params.sel = selection.selector
         return params
@@ -353,11 +448,11 @@ class VectorIndex:
             if tombstones <= MAX_TOMBSTONE_FRACTION * len(mapped):
                 rows = mapped.astype(np.int64) if tombstones else None
                 return VectorIndex(self.index, self.kind, self.params, rows, self.unreachable)
-        if self.kind == "ivf":
+        if self.kind in IVF_TYPES:
             import faiss
 
             clone = faiss.clone_index(self.index)
-            clone.reset()  # keeps the trained coarse quantizer
+            clone.reset()  # keeps the trained coarse quantizer (and product quantizer)
             if len(vectors):
                 clone.add(np.ascontiguousarray(vectors, dtype=np.float32))
             return VectorIndex(clone, self.kind, self.params)
@@ -441,15 +536,24 @@ class ShardedIndex:
         return {}
 
     def search(
-        self, vectors: np.ndarray, k: int, allowed: np.ndarray | None = None
+        self,
+        vectors: np.ndarray,
+        k: int,
+        allowed: np.ndarray | None = None,
+        *,
+        threads: int | None = None,
+        catalog: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         coarse = None
         if self.quantizer is not None:
-            coarse = search(self.quantizer, vectors, int(self.shards[0].index.nprobe))
-        parts = [
-            shard.search(vectors, k, part, coarse)
-            for shard, part in zip(self.shards, split_allowed(allowed, self.starts), strict=True)
-        ]
+            nprobe = int(self.shards[0].index.nprobe)
+            coarse = search(self.quantizer, vectors, nprobe, threads=threads)
+        allowed_parts = split_allowed(allowed, self.starts)
+        parts = []
+        for i, (shard, part) in enumerate(zip(self.shards, allowed_parts, strict=True)):
+            rows = slice(self.starts[i], self.starts[i + 1])
+            shard_catalog = None if catalog is None else catalog[rows]
+            parts.append(shard.search(vectors, k, part, coarse, threads, shard_catalog))
         return merge_shards(parts, self.starts, k)
 
     def added(self, vectors: np.ndarray) -> ShardedIndex:
@@ -532,7 +636,7 @@ def build_shards(
     if sum(sizes) != len(vectors):
         raise ConfigError(f"shard sizes add up to {sum(sizes)}, not {len(vectors)}")
     empty = None
-    if kind == "ivf":
+    if kind in IVF_TYPES:
         empty = trained_empty(training_sample(vectors, params), kind, params)
     parts = np.split(np.ascontiguousarray(vectors, dtype=np.float32), np.cumsum(sizes)[:-1])
     if parallel is not None:
@@ -602,7 +706,13 @@ class Searcher(Protocol):
         """IndexCorruptError unless it holds ``count`` live ``dim``-d rows."""
 
     def search(
-        self, vectors: np.ndarray, k: int, allowed: np.ndarray | None = None
+        self,
+        vectors: np.ndarray,
+        k: int,
+        allowed: np.ndarray | None = None,
+        *,
+        threads: int | None = None,
+        catalog: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(n, d) unit vectors -> scores (n, k'), catalog rows (n, k'), as VectorIndex.search."""
         ...
