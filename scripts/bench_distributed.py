@@ -221,7 +221,8 @@ def vectors_and_queries(
     seeds = np.ascontiguousarray(source.vectors, dtype=np.float32)
     rng = np.random.default_rng(SEED)
     sample = seeds[rng.choice(len(seeds), min(5000, len(seeds)), replace=False)]
-    nn_l2 = math.sqrt(2 * float(np.median(bench_scale.nn_cosine_distances(seeds, sample, True))))
+    nearest, _ = bench_scale.exact_top_k(seeds, sample, 2)  # [:, 0] is the probe itself
+    nn_l2 = math.sqrt(2 * float(np.median(1.0 - nearest[:, 1])))
     sigma = nn_l2 / math.sqrt(seeds.shape[1])
     vectors = bench_scale.generate(seeds, n, sigma, rng)
     test = source.embed_pixels(load_split("test").images).astype(np.float32)
