@@ -34,12 +34,14 @@ import io
 import os
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeAlias
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from simsearch import regions
 from simsearch.errors import InvalidImageError
 
 __all__ = [
@@ -93,6 +95,48 @@ _EDGE_INSET = 0.25  # refinement samples the profile this many output pixels ins
 _EDGE_LEVEL = 0.55  # ... and puts the edge where the profile crosses this fraction of it
 _SHARPEN = 0.15  # Laplacian sharpening of the 28 px result when the object was enlarged >= 2x
 _RESAMPLE = Image.Resampling.HAMMING
+# Finding the object in a photo (on the image reduced to about _ANALYSIS_SIZE px):
+_ANALYSIS_SIZE = 256
+_RING = 0.04  # the outer band where the background is looked for first, share of the short side
+_FIT_POINTS = 4096  # background pixels the surface is fitted to (a regular subsample)
+_MIN_AREA = 0.0005  # regions smaller than this share of the image are specks
+_INNER_SHARE = 0.2  # a region cut by the frame's edge loses to one inside with this share of it
+_GROUP_GAP = 0.08  # regions this close to the object (share of its size) belong to it ...
+_GROUP_MASS = 0.01  # ... when they have at least this share of its mass
+# Around the object mask, this share of its size (2 px of a 28 px item; at least 2 analysis
+# pixels) is kept when cropping at full resolution: faint specks near an item frame it too.
+_GATE = 2.0 / 28.0
+_TILT_MAX = 10.0  # tilts searched, degrees either way ...
+_TILT_STEP = 0.25  # ... in these steps
+_TILT_LEVEL = 0.05  # the silhouette is taken at this share of the object's level
+_TILT_MIN = 1.0  # smaller tilts are left alone ...
+_TILT_GAIN = 1.1  # ... and so are those whose silhouette is not this much straighter
+
+
+@dataclass(frozen=True)
+class Steps:
+    """What :func:`preprocess` did with one image, to show it (``simsearch.explain``).
+
+    Images are the analysed image: the input reduced to about 256 px, EXIF-oriented,
+    transparency flattened.
+    """
+
+    image: np.ndarray
+    """(h, w, 3) uint8: the image analysed."""
+    background: np.ndarray
+    """(h, w, 3) uint8: the background estimated from it (a colour or a smooth surface)."""
+    mask: np.ndarray
+    """(h, w) bool: the object found."""
+    noise: float
+    """Standard deviation of the background around its estimate, in grey levels."""
+    dark_object: bool
+    """True when the background is light and the object was negated (a product photo)."""
+    tilt: float
+    """Degrees the object was turned back to upright (0: it was not)."""
+    box: np.ndarray
+    """(4, 2) float: the crop's corners (x, y) in ``image``'s pixels (turned when tilted)."""
+    pixels: np.ndarray
+    """(28, 28) uint8: the model input."""
 
 
 def _fail(name: str, reason: str) -> InvalidImageError:
@@ -447,7 +491,9 @@ def _edge(p: np.ndarray, start: int, scale: float) -> float:
             new = 0.0
         else:
             a, b = float(p[i - 1]), float(p[i])
-            new = max(0.0, i - 0.5 + ((level - a) / (b - a) if b > a else 0.5))
+            # (the pixel before ``start`` may already be above the level: clamp to this pixel)
+            frac = min(1.0, max(0.0, (level - a) / (b - a))) if b > a else 0.5
+            new = max(0.0, i - 0.5 + frac)
         done = abs(new - e) < 0.01
         e = new
         if done:
@@ -502,33 +548,344 @@ def preprocess(source: ImageInput) -> np.ndarray:
     return _frame(a, lossy, name)
 
 
-def _frame(a: np.ndarray, lossy: bool, name: str) -> np.ndarray:
-    """(H, W, C) float levels -> (28, 28) uint8: polarity, trim, resize, sharpen, centre."""
-    h, w, c = a.shape
-    k = max(1, round(min(h, w) / 14))  # corner patches: 2x2 px on a 28x28 image
+def _frame(a: np.ndarray, lossy: bool, name: str, record: list[Steps] | None = None) -> np.ndarray:
+    """(H, W, C) float levels -> (28, 28) uint8: find the object, trim, resize, sharpen, centre."""
+    if a.shape[:2] == (SIZE, SIZE):  # already at model size: keep the framing
+        return _frame28(a, lossy, name)
+    scene = _analyse(a, lossy)
+    if scene is None:
+        raise _fail(name, "blank image (a single colour, no object)")
+    floor = _T_LOSSY if lossy else _T_LOSSLESS
+    signed, thr, tilt, to_analysis = _object_map(a, scene, floor)
+    pixels, box = _crop(signed, thr, lossy, name)
+    if record is not None:
+        record.append(_steps(scene, tilt, to_analysis, box, pixels))
+    return pixels
+
+
+def _frame28(a: np.ndarray, lossy: bool, name: str) -> np.ndarray:
+    """A 28x28 image that is not Fashion-MNIST-like as such: polarity and contrast only."""
+    c = a.shape[2]
+    k = 2  # corner patches: 2x2 px
     corners = np.concatenate([a[:k, :k], a[:k, -k:], a[-k:, :k], a[-k:, -k:]], axis=None).reshape(
         -1, c
     )
     bg = np.median(corners, axis=0)
-    if c == 3:
-        luma = a @ _LUMA
-        corner_luma = corners @ _LUMA
-        bg_luma = float(bg @ _LUMA)
-    else:
-        luma = a[:, :, 0]
-        corner_luma = corners[:, 0]
-        bg_luma = float(bg[0])
-    # Bright background: a product photo, dark object: negate. Intensities relative to the
-    # background; what is on the wrong side of it (lighter than a white background) is dropped.
+    luma = a @ _LUMA if c == 3 else a[:, :, 0]
+    corner_luma = corners @ _LUMA if c == 3 else corners[:, 0]
+    bg_luma = float(bg @ _LUMA) if c == 3 else float(bg[0])
     signed = (bg_luma - luma) if bg_luma > 127.5 else (luma - bg_luma)
     v = np.clip(signed, 0.0, None).astype(np.float32)
     sigma = 1.4826 * float(np.median(np.abs(corner_luma - bg_luma)))
     thr = max(_T_LOSSY if lossy else _T_LOSSLESS, _NOISE_K * sigma)
+    if not (v > thr).any():
+        raise _fail(name, "blank image (a single colour, no object)")
+    return _stretch(v, float(v.max()))
+
+
+@dataclass
+class _Scene:
+    """What :func:`_analyse` found, on the analysis image (the input box-reduced by ``factor``)."""
+
+    factor: int
+    image: np.ndarray  # (h, w, C) float levels
+    luma: np.ndarray  # (h, w)
+    coef: np.ndarray  # (6, C) background surface: columns of _surface_terms -> levels
+    dark_object: bool  # light background: the object is darker (a product photo)
+    darkness: np.ndarray  # (h, w) object-signed difference from the background, in levels
+    noise: float  # sigma of ``darkness`` on the background
+    mask: np.ndarray  # (h, w) bool: the object
+
+
+def _reduce(a: np.ndarray, factor: int) -> np.ndarray:
+    """(H, W, C) float32 -> box-reduced by ``factor`` (partial blocks at the edges averaged)."""
+    if factor == 1:
+        return a
+    planes = [
+        np.asarray(Image.fromarray(np.ascontiguousarray(a[:, :, i])).reduce(factor), np.float32)
+        for i in range(a.shape[2])
+    ]
+    return np.stack(planes, axis=2)
+
+
+def _surface_terms(yy: np.ndarray, xx: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(n, 6) quadratic terms [1, x, y, x^2, xy, y^2] of points (``yy``, ``xx``, any shape, in
+    the analysis image's pixel coordinates), normalised to [-1, 1] over ``shape`` (h, w)."""
+    y = (yy.ravel().astype(np.float32) + 0.5) * (2.0 / shape[0]) - 1.0
+    x = (xx.ravel().astype(np.float32) + 0.5) * (2.0 / shape[1]) - 1.0
+    return np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=1)
+
+
+def _grid_terms(h: int, w: int) -> np.ndarray:
+    """:func:`_surface_terms` of every pixel of an (h, w) analysis image, row-major."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    return _surface_terms(yy, xx, (h, w))
+
+
+def _mad_sigma(values: np.ndarray) -> float:
+    if values.size == 0:
+        return 0.0
+    return 1.4826 * float(np.median(np.abs(values - np.median(values))))
+
+
+def _ring(h: int, w: int) -> np.ndarray:
+    """(h, w) bool: the image's outer band, where the background is looked for first."""
+    b = max(1, round(_RING * min(h, w)))
+    ring = np.ones((h, w), bool)
+    ring[b:-b, b:-b] = False
+    return ring
+
+
+def _fit_background(
+    image: np.ndarray, luma: np.ndarray, ring: np.ndarray
+) -> tuple[np.ndarray, bool, np.ndarray]:
+    """-> (coef (6, C), dark_object, background pixels (h, w) bool).
+
+    The background is a smooth surface (uneven light, vignetting): a quadratic in x and y per
+    channel, fitted robustly first to the outer band, then to every pixel that looks like
+    background. A constant is kept unless the surface fits clearly better.
+    """
+    h, w, c = image.shape
+    flat = image.reshape(-1, c)
+    terms = _grid_terms(h, w)
+    level = float(np.median(luma[ring]))
+    dark_object = level > 127.5
+    spread = max(_mad_sigma(luma[ring]), 0.5)
+    sample = ring & (np.abs(luma - level) <= 4.0 * spread)
+    coef = np.zeros((6, c), np.float32)
+    for _ in range(3):
+        idx = np.flatnonzero(sample.ravel())
+        if len(idx) > _FIT_POINTS:
+            idx = idx[:: len(idx) // _FIT_POINTS + 1]
+        const = np.median(flat[idx], axis=0)
+        quad = np.linalg.lstsq(terms[idx], flat[idx], rcond=None)[0].astype(np.float32)
+        r_const = (flat[idx] - const) @ _weights(c)
+        r_quad = (flat[idx] - terms[idx] @ quad) @ _weights(c)
+        # the surface only where it explains the background clearly better than a colour
+        if _mad_sigma(r_quad) < 0.8 * _mad_sigma(r_const):
+            coef = quad
+        else:
+            coef = np.zeros((6, c), np.float32)
+            coef[0] = const
+        resid = luma.ravel() - (terms @ coef) @ _weights(c)
+        if not dark_object:
+            resid = -resid
+        sigma = max(_mad_sigma(resid[idx]), 0.5)
+        # background: within 3 sigma below it, 5 above it (the object is on one side only)
+        sample = ((resid > -3.0 * sigma) & (resid < 5.0 * sigma)).reshape(h, w)
+    return coef, dark_object, sample
+
+
+def _weights(c: int) -> np.ndarray:
+    return _LUMA if c == 3 else np.ones(1, np.float32)
+
+
+def _analyse(a: np.ndarray, lossy: bool) -> _Scene | None:
+    """Background, noise, object mask and tilt, on the image reduced to ~_ANALYSIS_SIZE px."""
+    h, w, c = a.shape
+    factor = max(1, -(-max(h, w) // _ANALYSIS_SIZE))
+    image = _reduce(a, factor)
+    ah, aw = image.shape[:2]
+    luma = image @ _LUMA if c == 3 else image[:, :, 0]
+    coef, dark_object, is_bg = _fit_background(image, luma, _ring(ah, aw))
+    bg_luma = (_grid_terms(ah, aw) @ coef @ _weights(c)).reshape(ah, aw)
+    darkness = _darkness(luma, bg_luma, dark_object)
+    smooth = _box_blur3(darkness)
+    noise = _mad_sigma(darkness[is_bg])
+    noise_s = _mad_sigma(smooth[is_bg])
+    low = max((_T_LOSSY if lossy else _T_LOSSLESS), _NOISE_K * noise_s)
+    mask = _object_mask(smooth, low, 2.0 * low)
+    if mask is None:
+        return None
+    return _Scene(factor, image, luma, coef, dark_object, darkness, noise, mask)
+
+
+def _darkness(luma: np.ndarray, bg_luma: np.ndarray, dark_object: bool) -> np.ndarray:
+    """Object-signed difference from the background, in levels: on a light background the
+    relative darkness (so that uneven light cancels), on a dark one the difference."""
+    if dark_object:
+        return ((bg_luma - luma) * (255.0 / np.maximum(bg_luma, 1.0))).astype(np.float32)
+    return (luma - bg_luma).astype(np.float32)
+
+
+def _object_mask(smooth: np.ndarray, low: float, high: float) -> np.ndarray | None:
+    """The object: regions above ``low`` that reach ``high``, the largest one and those near
+    it, specks dropped and holes filled; None if there is nothing."""
+    h, w = smooth.shape
+    labels, count = regions.label(smooth > low)
+    if count == 0:
+        return None
+    flat = labels.ravel()
+    area = np.bincount(flat, minlength=count + 1)[1:]
+    mass = np.bincount(flat, weights=smooth.ravel(), minlength=count + 1)[1:]
+    peak = np.zeros(count + 1, np.float32)
+    np.maximum.at(peak, flat, smooth.ravel())
+    peak = peak[1:]
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    touches = np.zeros(count, bool)
+    touches[edge[edge > 0] - 1] = True
+    keep = (peak >= high) & (area >= max(2, _MIN_AREA * h * w))
+    if not keep.any():
+        keep = peak >= high
+        if not keep.any():
+            return None
+    score = np.where(keep, mass, -1.0)
+    main = int(np.argmax(score))
+    inner = np.where(keep & ~touches, mass, -1.0)
+    if touches[main] and inner.max() >= _INNER_SHARE * mass[main]:
+        main = int(np.argmax(inner))  # clutter cut by the frame's edge, the object inside
+    rows = np.flatnonzero((labels == main + 1).any(axis=1))
+    cols = np.flatnonzero((labels == main + 1).any(axis=0))
+    y0, y1, x0, x1 = rows[0], rows[-1], cols[0], cols[-1]
+    gap = _GROUP_GAP * max(y1 - y0 + 1, x1 - x0 + 1)
+    chosen = np.zeros(count + 1, bool)
+    chosen[main + 1] = True
+    for k in np.flatnonzero(keep):
+        if k == main or (touches[k] and not touches[main]) or mass[k] < _GROUP_MASS * mass[main]:
+            continue
+        r = np.flatnonzero((labels == k + 1).any(axis=1))
+        q = np.flatnonzero((labels == k + 1).any(axis=0))
+        dy = max(0, r[0] - y1, y0 - r[-1])
+        dx = max(0, q[0] - x1, x0 - q[-1])
+        if max(dx, dy) <= gap:
+            chosen[k + 1] = True
+    return regions.fill_holes(chosen[labels])
+
+
+def _outline(values: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Sub-pixel points (x, y) where ``values`` first and last rises above ``level`` along
+    every row and every column: the object's outer silhouette."""
+    m = values > level
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    for v, mm, transpose in ((values, m, False), (values.T, m.T, True)):
+        lines = np.flatnonzero(mm.any(axis=1))
+        n = v.shape[1]
+        first = np.argmax(mm[lines], axis=1)
+        last = n - 1 - np.argmax(mm[lines, ::-1], axis=1)
+        for inside, step in ((first, -1), (last, 1)):
+            outside = inside + step
+            ok = (outside >= 0) & (outside < n)
+            li, ins, out = lines[ok], inside[ok], outside[ok]
+            a, b = v[li, out], v[li, ins]
+            pos = out + (level - a) / np.maximum(b - a, 1e-6) * (ins - out)
+            if transpose:
+                xs.append(li.astype(np.float64))
+                ys.append(pos.astype(np.float64))
+            else:
+                xs.append(pos.astype(np.float64))
+                ys.append(li.astype(np.float64))
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _tilt(smooth: np.ndarray, mask: np.ndarray, low: float) -> float:
+    """Degrees the object is turned counter-clockwise, 0 unless clearly so.
+
+    Catalog items stand upright and their outer silhouette has long straight vertical and
+    horizontal runs (sides, hems, soles). The silhouette points are projected on axes turned by
+    each candidate angle; the angle whose projections pile up most (sum of squared histogram
+    counts) wins, if it is at least _TILT_MIN off and piles up clearly more than upright.
+    """
+    values = np.where(mask, smooth, 0.0)
+    inside = values[mask]
+    level = max(low, _TILT_LEVEL * float(np.quantile(inside, 0.95))) if inside.size else low
+    xs, ys = _outline(values, level)
+    if len(xs) < 16:
+        return 0.0
+    angles = np.arange(-_TILT_MAX, _TILT_MAX + 1e-9, _TILT_STEP)
+    scores = np.empty(len(angles))
+    for i, t in enumerate(np.radians(angles)):
+        c, s = np.cos(t), np.sin(t)
+        scores[i] = _pile_up(xs * c - ys * s) + _pile_up(xs * s + ys * c)
+    j = int(np.argmax(scores))
+    best = float(angles[j])
+    if 0 < j < len(angles) - 1:  # parabola through the peak and its neighbours
+        y0, y1, y2 = scores[j - 1 : j + 2]
+        den = y0 - 2.0 * y1 + y2
+        if den < 0:
+            best += float(0.5 * (y0 - y2) / den) * _TILT_STEP
+    upright = scores[int(np.argmin(np.abs(angles)))]
+    if abs(best) < _TILT_MIN or scores[j] < _TILT_GAIN * upright:
+        return 0.0
+    return best
+
+
+def _pile_up(u: np.ndarray) -> float:
+    """Sum of squared counts of a histogram of ``u`` in half-pixel bins (linear binning)."""
+    z = (u - u.min()) * 2.0
+    i = np.floor(z).astype(np.int64)
+    f = z - i
+    hist = np.bincount(i, weights=1.0 - f, minlength=int(i.max()) + 2)
+    hist[1:] += np.bincount(i, weights=f, minlength=int(i.max()) + 1)[: len(hist) - 1]
+    return float((hist * hist).sum())
+
+
+def _object_map(
+    a: np.ndarray, scene: _Scene, floor: float
+) -> tuple[np.ndarray, float, float, np.ndarray]:
+    """The object's neighbourhood at the input's resolution, turned upright if it was tilted.
+
+    Returns (signed darkness, 0 away from the object; the threshold above which it is object,
+    ``floor`` or more with noise; the tilt corrected in degrees; (2, 3) affine map from its
+    pixel-edge coordinates to the analysis image's).
+    """
+    h, w, c = a.shape
+    f = scene.factor
+    rows = np.flatnonzero(scene.mask.any(axis=1))
+    cols = np.flatnonzero(scene.mask.any(axis=0))
+    radius = max(2, round(_GATE * max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1)))
+    gate_a = regions.dilate(scene.mask, radius)
+    rows = np.flatnonzero(gate_a.any(axis=1))
+    cols = np.flatnonzero(gate_a.any(axis=0))
+    # the object's neighbourhood, at the input's resolution, with a margin for the noise estimate
+    m = radius + 2
+    ay0, ay1 = max(0, rows[0] - m), min(gate_a.shape[0], rows[-1] + 1 + m)
+    ax0, ax1 = max(0, cols[0] - m), min(gate_a.shape[1], cols[-1] + 1 + m)
+    y0, y1, x0, x1 = ay0 * f, min(h, ay1 * f), ax0 * f, min(w, ax1 * f)
+    part = a[y0:y1, x0:x1]
+    luma = part @ _LUMA if c == 3 else part[:, :, 0]
+    # the background surface at these pixels' centres, in the analysis image's coordinates
+    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+    terms = _surface_terms((yy + 0.5) / f - 0.5, (xx + 0.5) / f - 0.5, scene.mask.shape)
+    bg_luma = (terms @ scene.coef @ _weights(c)).reshape(luma.shape)
+    signed = _darkness(luma, bg_luma, scene.dark_object)
+    gate = np.repeat(np.repeat(gate_a[ay0:ay1, ax0:ax1], f, axis=0), f, axis=1)[
+        : y1 - y0, : x1 - x0
+    ]
+    outside = signed[~gate]
+    sigma = _mad_sigma(outside) if outside.size >= 64 else scene.noise * f
+    thr = max(floor, _NOISE_K * sigma)
+    part = np.where(gate, signed, 0.0).astype(np.float32)
+    # pixel-edge coordinates of ``part`` -> the analysis image's
+    to_analysis = np.array([[1.0 / f, 0.0, x0 / f], [0.0, 1.0 / f, y0 / f]])
+    smooth = _box_blur3(part)
+    tilt = _tilt(smooth, smooth > thr, thr)
+    if tilt:
+        ph, pw = part.shape
+        turned = Image.fromarray(part).rotate(
+            -tilt, Image.Resampling.BILINEAR, expand=True, fillcolor=0.0
+        )
+        # Pillow maps an output point q to the input point c_in + M (q - c_out)
+        t = np.radians(tilt)
+        rot = np.array([[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]])
+        c_in = np.array([pw / 2.0, ph / 2.0])
+        c_out = np.array([turned.width / 2.0, turned.height / 2.0])
+        lin = to_analysis[:, :2] @ rot
+        to_analysis = np.hstack(
+            [lin, (to_analysis[:, :2] @ (c_in - rot @ c_out) + to_analysis[:, 2])[:, None]]
+        )
+        part = np.asarray(turned, np.float32)
+    return part, thr, tilt, to_analysis
+
+
+def _crop(signed: np.ndarray, thr: float, lossy: bool, name: str) -> tuple[np.ndarray, tuple]:
+    """The object's box in ``signed`` (sub-pixel edges), resampled to 28 px, sharpened, centred
+    and stretched -> ((28, 28) uint8, box (x0, y0, x1, y1) in ``signed``'s pixels)."""
+    h, w = signed.shape
+    v = np.clip(signed, 0.0, None).astype(np.float32)
     mask = v > thr
     if not mask.any():
         raise _fail(name, "blank image (a single colour, no object)")
-    if (h, w) == (SIZE, SIZE):  # already at model size: keep the framing
-        return _stretch(v, float(v.max()))
     x0, y0, x1, y1 = _bbox(mask)
     scale = max(x1 - x0, y1 - y0) / SIZE  # input px per output px
     prof = v
@@ -536,7 +893,7 @@ def _frame(a: np.ndarray, lossy: bool, name: str) -> np.ndarray:
         blurred = _box_blur3(signed)
         prof = np.clip(blurred, 0.0, None).astype(np.float32)
         peak = float(prof.max())
-        if lossy and scale < 8.0:
+        if lossy:
             thr = max(thr, _T_LOSSY_REL * peak)
         mask = prof > thr
         if not mask.any():
@@ -576,7 +933,31 @@ def _frame(a: np.ndarray, lossy: bool, name: str) -> np.ndarray:
     res = _stretch(out, peak)
     if not res.any():
         raise _fail(name, "blank image (a single colour, no object)")
-    return res
+    return res, box
+
+
+def _steps(
+    scene: _Scene, tilt: float, to_analysis: np.ndarray, box: tuple, pixels: np.ndarray
+) -> Steps:
+    c = scene.image.shape[2]
+    image = scene.image if c == 3 else np.repeat(scene.image, 3, axis=2)
+    ah, aw = scene.mask.shape
+    bg = (_grid_terms(ah, aw) @ scene.coef).reshape(ah, aw, c)
+    if c == 1:
+        bg = np.repeat(bg, 3, axis=2)
+    x0, y0, x1, y1 = box
+    corners = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float64)
+    corners = corners @ to_analysis[:, :2].T + to_analysis[:, 2]
+    return Steps(
+        image=np.clip(np.rint(image), 0, 255).astype(np.uint8),
+        background=np.clip(np.rint(bg), 0, 255).astype(np.uint8),
+        mask=scene.mask.copy(),
+        noise=float(scene.noise),
+        dark_object=scene.dark_object,
+        tilt=float(tilt),
+        box=corners,
+        pixels=pixels.copy(),
+    )
 
 
 def preprocess_array(images: np.ndarray) -> np.ndarray:
