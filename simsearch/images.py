@@ -68,15 +68,17 @@ MAX_IMAGE_PIXELS: int = 8192 * 8192
 MAX_IMAGE_BYTES: int = 128 * 1024 * 1024
 """Encoded images (files or bytes) larger than this are refused without decoding."""
 
-# Images are decoded (JPEG: DCT-scaled with ``draft``) and box-reduced to about this long side
-# before any float work: plenty for a 28 px result, and it keeps a 6000x6000 photo fast.
-_WORK_SIZE = 512
+# A JPEG is decoded DCT-scaled (``draft``) to no less than this long side: a small item in a
+# large photo keeps enough pixels, and decoding costs less than at full size.
+_DECODE_SIZE = 1024
 # Large images are normalised and reduced a strip of about this many pixels at a time.
 _STRIP_PIXELS = 1 << 20
 # Formats that may be opened. Deliberately short: no EPS/PDF (Ghostscript), no exotic decoders.
 _FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "DIB", "GIF", "TIFF", "PPM", "ICO", "TGA", "AVIF")
 _LOSSY_FORMATS = frozenset({"JPEG", "MPO", "WEBP", "AVIF"})
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601-2, as Pillow's "L"
+_RIM = 0.015  # a cut-out's outline band, share of its size, compared with the band inside it ...
+_RIM_CONTRAST = 4.0  # ... when they differ by this many grey levels
 
 # The constants below were tuned by measuring, on 500 Fashion-MNIST train items re-photographed
 # (enlarged 2-18x with bicubic, tinted, negated, pasted off centre, PNG or JPEG q85/90), the mean
@@ -106,6 +108,9 @@ _GROUP_MASS = 0.01  # ... when they have at least this share of its mass
 # Around the object mask, this share of its size (2 px of a 28 px item; at least 2 analysis
 # pixels) is kept when cropping at full resolution: faint specks near an item frame it too.
 _GATE = 2.0 / 28.0
+_LIGHTER_SHARE = 0.03  # the object is partly lighter than its background from this share on
+_TINT = 0.08  # a background whose colour is this saturated is a coloured surface, not white
+_CROP_SIZE = 448  # the object is cropped at a resolution where it is at most this many px
 _TILT_MAX = 10.0  # tilts searched, degrees either way ...
 _TILT_STEP = 0.25  # ... in these steps
 _TILT_LEVEL = 0.05  # the silhouette is taken at this share of the object's level
@@ -131,6 +136,8 @@ class Steps:
     """Standard deviation of the background around its estimate, in grey levels."""
     dark_object: bool
     """True when the background is light and the object was negated (a product photo)."""
+    shade: float
+    """The background's reflectance as a share of white (1: white, or darker than the object)."""
     tilt: float
     """Degrees the object was turned back to upright (0: it was not)."""
     box: np.ndarray
@@ -397,66 +404,118 @@ def _normalise_mode(im: Image.Image) -> Image.Image:
     return im.convert("RGBA" if has_alpha else "RGB")
 
 
-def _strips(im: Image.Image, factor: int) -> Iterator[tuple[int, Image.Image]]:
-    """(top row, strip) pairs covering ``im``: strips of a multiple of ``factor`` rows and about
-    ``_STRIP_PIXELS`` pixels."""
-    w, h = im.size
-    rows = factor * max(1, _STRIP_PIXELS // (w * factor))
-    for y0 in range(0, h, rows):
-        yield y0, im.crop((0, y0, w, min(h, y0 + rows)))
+Box = tuple[int, int, int, int]  # (x0, y0, x1, y1), pixel edges
 
 
-def _shrink(im: Image.Image, factor: int) -> Image.Image:
-    """Box-reduce ``im`` by ``factor`` into a normalised mode (see :func:`_normalise_mode`).
+def _strips(im: Image.Image, factor: int, box: Box) -> Iterator[tuple[int, Image.Image]]:
+    """(row offset, strip) pairs covering ``box`` of ``im``: strips of a multiple of ``factor``
+    rows and about ``_STRIP_PIXELS`` pixels."""
+    x0, y0, x1, y1 = box
+    rows = factor * max(1, _STRIP_PIXELS // ((x1 - x0) * factor))
+    for top in range(y0, y1, rows):
+        yield top - y0, im.crop((x0, top, x1, min(y1, top + rows)))
+
+
+def _to_levels(
+    im: Image.Image, factor: int, box: Box | None = None, extrema: tuple[float, float] | None = None
+) -> tuple[Image.Image, tuple[float, float] | None]:
+    """The part ``box`` of ``im`` (all of it by default), box-reduced by ``factor``, in a
+    normalised mode (see :func:`_normalise_mode`) -> (image, extrema).
 
     A strip at a time, so the memory this needs beyond the decoded image does not grow with the
-    image. High-bit images are reduced first and scaled to levels after (both are linear), with
-    the scaling chosen from the whole image's range as :func:`_normalise_mode` would.
+    image. High-bit images are reduced first and scaled to levels after (both are linear); the
+    scaling is chosen from ``extrema``, their lowest and highest value, as :func:`_normalise_mode`
+    would from the whole image's (found here when None, and returned for the next part).
     """
-    if im.mode in ("L", "RGB") and "transparency" not in im.info:
-        return im.reduce(factor)  # no copy (Pillow premultiplies a whole RGBA image first)
+    box = box or (0, 0, im.width, im.height)
     high_bit = im.mode in _HIGH_BIT_MODES
+    if factor == 1 and not high_bit:
+        return _normalise_mode(im.crop(box) if box != (0, 0, *im.size) else im), None
+    if im.mode in ("L", "RGB") and "transparency" not in im.info:
+        return im.reduce(factor, box), None  # no copy (Pillow premultiplies a whole RGBA first)
     lo, hi = np.inf, -np.inf
-    w, h = im.size
+    w, h = box[2] - box[0], box[3] - box[1]
     out: Image.Image | None = None
-    for y0, strip in _strips(im, factor):
+    for top, strip in _strips(im, factor, box):
         if high_bit:
             a = _values(strip)
             lo, hi = min(lo, float(a.min())), max(hi, float(a.max()))
-            part = Image.fromarray(a).reduce(factor)
+            part = Image.fromarray(a).reduce(factor) if factor > 1 else Image.fromarray(a)
         else:
             part = _normalise_mode(strip).reduce(factor)
         if out is None:
             out = Image.new(part.mode, (-(-w // factor), -(-h // factor)))
-        out.paste(part, (0, y0 // factor))
-    if out is None:  # pragma: no cover - an image has at least one row
+        out.paste(part, (0, top // factor))
+    if out is None:  # pragma: no cover - a box has at least one row
         raise InvalidImageError("image has no pixels")
-    return _levels(np.asarray(out), im.mode, (lo, hi)) if high_bit else out
+    if not high_bit:
+        return out, None
+    extrema = extrema or (lo, hi)
+    return _levels(np.asarray(out), im.mode, extrema), extrema
 
 
-def _to_float(im: Image.Image) -> np.ndarray:
-    """-> float32 (H, W, C), C = 1 (gray) or 3 (colour), levels in [0, 255], alpha flattened.
+def _unorient_box(box: Box, transpose: Image.Transpose | None, size: tuple[int, int]) -> Box:
+    """A box of the EXIF-oriented image -> the same pixels' box in the stored image of ``size``."""
+    x0, y0, x1, y1 = box
+    w, h = size
+    t = Image.Transpose
+    if transpose is None:
+        return box
+    return {
+        t.FLIP_LEFT_RIGHT: (w - x1, y0, w - x0, y1),
+        t.FLIP_TOP_BOTTOM: (x0, h - y1, x1, h - y0),
+        t.ROTATE_180: (w - x1, h - y1, w - x0, h - y0),
+        t.ROTATE_90: (w - y1, x0, w - y0, x1),
+        t.ROTATE_270: (y0, h - x1, y1, h - x0),
+        t.TRANSPOSE: (y0, x0, y1, x1),
+        t.TRANSVERSE: (w - y1, h - x1, w - y0, h - x0),
+    }[transpose]
+
+
+def _to_float(im: Image.Image, matte: float | None = None) -> tuple[np.ndarray, float]:
+    """-> (float32 (H, W, C), C = 1 (gray) or 3 (colour), levels in [0, 255], alpha flattened;
+    the matte level used).
 
     Transparent pixels are background whatever their colour: they are composited onto black
-    when the opaque part is light on average, else onto white, so the object always contrasts.
+    (``matte`` 0) behind a light object (a catalog-style cut-out) and onto white (255) behind a
+    dark one (a product cut-out), so the object always contrasts; see :func:`_light_cutout`.
     """
-    if im.mode == "F":
-        return np.asarray(im, dtype=np.float32)[:, :, None]
-    if im.mode == "L":
-        return np.asarray(im, dtype=np.float32)[:, :, None]
+    if im.mode in ("F", "L"):
+        return np.asarray(im, dtype=np.float32)[:, :, None], 255.0
     a = np.asarray(im, dtype=np.float32)
     if im.mode == "RGBA":
         alpha = a[:, :, 3:] / 255.0
         rgb = a[:, :, :3]
+        if matte is None:
+            matte = 0.0 if _light_cutout(rgb @ _LUMA, alpha[:, :, 0] > 0.5) else 255.0
         if float(alpha.min()) < 1.0:
-            opaque = alpha[:, :, 0] > 0.5
-            light = bool(opaque.any()) and float((rgb[opaque] @ _LUMA).mean()) >= 127.5
-            matte = 0.0 if light else 255.0
             rgb = rgb * alpha + matte * (1.0 - alpha)
         a = rgb
     if np.array_equal(a[:, :, 0], a[:, :, 1]) and np.array_equal(a[:, :, 0], a[:, :, 2]):
-        return a[:, :, :1]
-    return a
+        a = a[:, :, :1]
+    return a, 255.0 if matte is None else matte
+
+
+def _light_cutout(luma: np.ndarray, opaque: np.ndarray) -> bool:
+    """Is the opaque part of a cut-out a light object (shown on black) or a dark one (on white)?
+
+    An object fades towards what it was cut from along its outline: if its outermost band is
+    clearly darker than the band just inside, it is a light object, if clearly lighter a dark
+    one. A flat outline (a hard cut-out of a flat colour) leaves it to the mean level.
+    """
+    if not opaque.any():
+        return False
+    rows = np.flatnonzero(opaque.any(axis=1))
+    cols = np.flatnonzero(opaque.any(axis=0))
+    r = max(1, round(_RIM * max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1)))
+    inner = regions.erode(opaque, r)
+    rim = opaque & ~inner
+    band = inner & ~regions.erode(inner, 2 * r)
+    if rim.any() and band.any():
+        diff = float(luma[band].mean()) - float(luma[rim].mean())
+        if abs(diff) >= _RIM_CONTRAST:
+            return diff > 0
+    return float(luma[opaque].mean()) >= 127.5
 
 
 def _box_blur3(a: np.ndarray) -> np.ndarray:
@@ -515,23 +574,34 @@ def preprocess(source: ImageInput) -> np.ndarray:
     """Any image -> (28, 28) uint8 in Fashion-MNIST framing and polarity (light object on black).
 
     A 28x28 grayscale image on a dark background (a Fashion-MNIST item as mode L, a (28, 28)
-    uint8 array or a PNG of one) is returned unchanged, bit for bit.
+    uint8 array or a PNG of one) is returned unchanged, bit for bit. Any other image is searched
+    for its object (see the module's description) which is cropped, turned upright if tilted,
+    and framed as the catalog's items are.
 
     Raises:
         InvalidImageError: anything :func:`load_image` refuses, and a blank image (a single
-            colour, or nothing that differs from the background colour).
+            colour, or nothing that stands out from the background).
     """
-    im, name = _load(source, _WORK_SIZE)
+    return _preprocess(source, None)
+
+
+def explain(source: ImageInput) -> tuple[np.ndarray, Steps | None]:
+    """:func:`preprocess` and what it did: ((28, 28) uint8, :class:`Steps`), Steps None for a
+    28x28 image (used as it is, or only negated and stretched).
+
+    Raises:
+        InvalidImageError: as :func:`preprocess`.
+    """
+    record: list[Steps] = []
+    pixels = _preprocess(source, record)
+    return pixels, (record[0] if record else None)
+
+
+def _preprocess(source: ImageInput, record: list[Steps] | None) -> np.ndarray:
+    im, name = _load(source, _DECODE_SIZE)
     lossy = im.format in _LOSSY_FORMATS
     transpose = _orientation(im)
-    factor = max(im.size) // _WORK_SIZE
-    if factor >= 2:
-        # Shrink before anything else, the EXIF rotation included: the extra memory stays small
-        # whatever the size and mode of the image (a 16-bit 8192x8192 PNG is 128 MB decoded).
-        im = _shrink(im, factor)
-        if transpose is not None:
-            im = im.transpose(transpose)
-    else:
+    if im.size == (SIZE, SIZE):
         if transpose is not None:
             im = im.transpose(transpose)
         exact = _gray28(im)
@@ -543,24 +613,59 @@ def preprocess(source: ImageInput) -> np.ndarray:
                 if int(exact.min()) == int(exact.max()):
                     raise _fail(name, "blank image (a single colour, no object)")
                 return exact
-        im = _normalise_mode(im)
-    a = _to_float(im)
-    return _frame(a, lossy, name)
-
-
-def _frame(a: np.ndarray, lossy: bool, name: str, record: list[Steps] | None = None) -> np.ndarray:
-    """(H, W, C) float levels -> (28, 28) uint8: find the object, trim, resize, sharpen, centre."""
-    if a.shape[:2] == (SIZE, SIZE):  # already at model size: keep the framing
-        return _frame28(a, lossy, name)
+        return _frame28(_to_float(_normalise_mode(im))[0], lossy, name)
+    # The object is found on a small copy; only its neighbourhood is then read at a resolution
+    # that suits its size. Both are box-reduced from the decoded image a strip at a time, before
+    # the EXIF rotation, so the memory needed stays small whatever the image's size and mode.
+    factor = max(1, -(-max(im.size) // _ANALYSIS_SIZE))
+    small, extrema = _to_levels(im, factor)
+    if transpose is not None:
+        small = small.transpose(transpose)
+    a, matte = _to_float(small)
     scene = _analyse(a, lossy)
     if scene is None:
         raise _fail(name, "blank image (a single colour, no object)")
+    oriented = im.size if transpose not in _SWAPS else (im.height, im.width)
+    box, step = _region(scene, factor, oriented)
+    part, _ = _to_levels(im, step, _unorient_box(box, transpose, im.size), extrema)
+    if transpose is not None:
+        part = part.transpose(transpose)
+    roi, _ = _to_float(part, matte)
     floor = _T_LOSSY if lossy else _T_LOSSLESS
-    signed, thr, tilt, to_analysis = _object_map(a, scene, floor)
-    pixels, box = _crop(signed, thr, lossy, name)
+    # pixel edges of the neighbourhood -> of the analysis image: origin + scale * (x, y)
+    origin = np.array([box[0], box[1]], np.float64) / factor
+    signed, thr, tilt, to_analysis = _object_map(roi, scene, floor, origin, step / factor)
+    pixels, crop = _crop(signed, thr, lossy, name)
     if record is not None:
-        record.append(_steps(scene, tilt, to_analysis, box, pixels))
+        record.append(_steps(scene, tilt, to_analysis, crop, pixels))
     return pixels
+
+
+_SWAPS = (
+    Image.Transpose.ROTATE_90,
+    Image.Transpose.ROTATE_270,
+    Image.Transpose.TRANSPOSE,
+    Image.Transpose.TRANSVERSE,
+)
+
+
+def _region(scene: _Scene, factor: int, size: tuple[int, int]) -> tuple[Box, int]:
+    """The object's neighbourhood in the (oriented) decoded image of ``size`` and the factor it
+    is reduced by so that the object is at most _CROP_SIZE px: (box, step); the box's sides are
+    multiples of the step unless it reaches the image's edge."""
+    rows = np.flatnonzero(scene.mask.any(axis=1))
+    cols = np.flatnonzero(scene.mask.any(axis=0))
+    extent = int(max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1))
+    margin = max(2, round(_GATE * extent)) + 3
+    step = max(1, -(-extent * factor // _CROP_SIZE))
+    w, h = size
+    x0 = max(0, int(cols[0] - margin) * factor)
+    y0 = max(0, int(rows[0] - margin) * factor)
+    x1 = min(w, int(cols[-1] + 1 + margin) * factor)
+    y1 = min(h, int(rows[-1] + 1 + margin) * factor)
+    x1 = min(w, x0 + max(step, (x1 - x0) // step * step))
+    y1 = min(h, y0 + max(step, (y1 - y0) // step * step))
+    return (x0, y0, x1, y1), step
 
 
 def _frame28(a: np.ndarray, lossy: bool, name: str) -> np.ndarray:
@@ -585,9 +690,8 @@ def _frame28(a: np.ndarray, lossy: bool, name: str) -> np.ndarray:
 
 @dataclass
 class _Scene:
-    """What :func:`_analyse` found, on the analysis image (the input box-reduced by ``factor``)."""
+    """What :func:`_analyse` found on the analysis image (the input reduced to ~256 px)."""
 
-    factor: int
     image: np.ndarray  # (h, w, C) float levels
     luma: np.ndarray  # (h, w)
     coef: np.ndarray  # (6, C) background surface: columns of _surface_terms -> levels
@@ -595,17 +699,7 @@ class _Scene:
     darkness: np.ndarray  # (h, w) object-signed difference from the background, in levels
     noise: float  # sigma of ``darkness`` on the background
     mask: np.ndarray  # (h, w) bool: the object
-
-
-def _reduce(a: np.ndarray, factor: int) -> np.ndarray:
-    """(H, W, C) float32 -> box-reduced by ``factor`` (partial blocks at the edges averaged)."""
-    if factor == 1:
-        return a
-    planes = [
-        np.asarray(Image.fromarray(np.ascontiguousarray(a[:, :, i])).reduce(factor), np.float32)
-        for i in range(a.shape[2])
-    ]
-    return np.stack(planes, axis=2)
+    shade: float  # the background's reflectance as a share of white (see _shade)
 
 
 def _surface_terms(yy: np.ndarray, xx: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -680,11 +774,9 @@ def _weights(c: int) -> np.ndarray:
     return _LUMA if c == 3 else np.ones(1, np.float32)
 
 
-def _analyse(a: np.ndarray, lossy: bool) -> _Scene | None:
-    """Background, noise, object mask and tilt, on the image reduced to ~_ANALYSIS_SIZE px."""
-    h, w, c = a.shape
-    factor = max(1, -(-max(h, w) // _ANALYSIS_SIZE))
-    image = _reduce(a, factor)
+def _analyse(image: np.ndarray, lossy: bool) -> _Scene | None:
+    """Background, noise and object mask of the analysis image (H, W, C) float levels."""
+    c = image.shape[2]
     ah, aw = image.shape[:2]
     luma = image @ _LUMA if c == 3 else image[:, :, 0]
     coef, dark_object, is_bg = _fit_background(image, luma, _ring(ah, aw))
@@ -694,10 +786,34 @@ def _analyse(a: np.ndarray, lossy: bool) -> _Scene | None:
     noise = _mad_sigma(darkness[is_bg])
     noise_s = _mad_sigma(smooth[is_bg])
     low = max((_T_LOSSY if lossy else _T_LOSSLESS), _NOISE_K * noise_s)
-    mask = _object_mask(smooth, low, 2.0 * low)
+    # The object is what differs from the background either way: a light item on a cream sheet
+    # has parts lighter than the sheet (see _shade).
+    mask = _object_mask(np.abs(smooth), low, 2.0 * low)
     if mask is None:
         return None
-    return _Scene(factor, image, luma, coef, dark_object, darkness, noise, mask)
+    background = (_grid_terms(ah, aw) @ coef).reshape(ah, aw, c)
+    shade = _shade(smooth, mask, low, background) if dark_object else 1.0
+    return _Scene(image, luma, coef, dark_object, darkness, noise, mask, shade)
+
+
+def _shade(smooth: np.ndarray, mask: np.ndarray, low: float, background: np.ndarray) -> float:
+    """The background's reflectance as a share of white, or 1 when it looks white.
+
+    A product photo's object is measured against white: its darkness is 1 - reflectance.
+    A neutral background is taken as white (a white sheet, however it is lit or exposed) unless
+    part of the object is clearly lighter than it; a tinted one (cream, beige) is a coloured
+    surface. Then its reflectance is its level where it is lit most, as a share of 255 (a photo
+    exposed for white). ``background``: (h, w, C) levels of the fitted background.
+    """
+    flat = background.reshape(-1, background.shape[2])
+    brightest = flat[int(np.argmax(flat @ _weights(flat.shape[1])))]
+    level = float(brightest @ _weights(len(brightest)))
+    tint = float((brightest.max() - brightest.min()) / max(float(brightest.max()), 1.0))
+    lighter = -smooth[mask]  # relative levels: 255 (luma - background) / background
+    lighter_parts = lighter.size >= 16 and np.mean(lighter > 2.0 * low) >= _LIGHTER_SHARE
+    if tint < _TINT and not lighter_parts:
+        return 1.0
+    return float(np.clip(level / 255.0, 0.05, 1.0))
 
 
 def _darkness(luma: np.ndarray, bg_luma: np.ndarray, dark_object: bool) -> np.ndarray:
@@ -821,59 +937,61 @@ def _pile_up(u: np.ndarray) -> float:
 
 
 def _object_map(
-    a: np.ndarray, scene: _Scene, floor: float
+    roi: np.ndarray, scene: _Scene, floor: float, origin: np.ndarray, scale: float
 ) -> tuple[np.ndarray, float, float, np.ndarray]:
-    """The object's neighbourhood at the input's resolution, turned upright if it was tilted.
+    """The object's neighbourhood ``roi`` (H, W, C) as signed darkness, turned upright if tilted.
 
-    Returns (signed darkness, 0 away from the object; the threshold above which it is object,
-    ``floor`` or more with noise; the tilt corrected in degrees; (2, 3) affine map from its
-    pixel-edge coordinates to the analysis image's).
+    ``roi``'s pixel edges (x, y) are ``origin + scale * (x, y)`` in the analysis image. Returns
+    (signed darkness, 0 away from the object; the threshold above which it is object, ``floor``
+    or more with noise; the tilt corrected in degrees; (2, 3) affine map from its pixel edges to
+    the analysis image's).
     """
-    h, w, c = a.shape
-    f = scene.factor
+    h, w, c = roi.shape
+    luma = roi @ _LUMA if c == 3 else roi[:, :, 0]
+    # the background surface at these pixels' centres, as analysis image pixel indices
+    ys = origin[1] + (np.arange(h) + 0.5) * scale - 0.5
+    xs = origin[0] + (np.arange(w) + 0.5) * scale - 0.5
+    yy, xx = np.meshgrid(ys, xs, indexing="ij")
+    terms = _surface_terms(yy, xx, scene.mask.shape)
+    bg_luma = (terms @ (scene.coef @ _weights(scene.coef.shape[1]))).reshape(h, w)
+    signed = _darkness(luma, bg_luma, scene.dark_object)
     rows = np.flatnonzero(scene.mask.any(axis=1))
     cols = np.flatnonzero(scene.mask.any(axis=0))
     radius = max(2, round(_GATE * max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1)))
     gate_a = regions.dilate(scene.mask, radius)
-    rows = np.flatnonzero(gate_a.any(axis=1))
-    cols = np.flatnonzero(gate_a.any(axis=0))
-    # the object's neighbourhood, at the input's resolution, with a margin for the noise estimate
-    m = radius + 2
-    ay0, ay1 = max(0, rows[0] - m), min(gate_a.shape[0], rows[-1] + 1 + m)
-    ax0, ax1 = max(0, cols[0] - m), min(gate_a.shape[1], cols[-1] + 1 + m)
-    y0, y1, x0, x1 = ay0 * f, min(h, ay1 * f), ax0 * f, min(w, ax1 * f)
-    part = a[y0:y1, x0:x1]
-    luma = part @ _LUMA if c == 3 else part[:, :, 0]
-    # the background surface at these pixels' centres, in the analysis image's coordinates
-    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
-    terms = _surface_terms((yy + 0.5) / f - 0.5, (xx + 0.5) / f - 0.5, scene.mask.shape)
-    bg_luma = (terms @ scene.coef @ _weights(c)).reshape(luma.shape)
-    signed = _darkness(luma, bg_luma, scene.dark_object)
-    gate = np.repeat(np.repeat(gate_a[ay0:ay1, ax0:ax1], f, axis=0), f, axis=1)[
-        : y1 - y0, : x1 - x0
-    ]
+    gy = np.clip(np.floor(ys + 0.5).astype(int), 0, gate_a.shape[0] - 1)
+    gx = np.clip(np.floor(xs + 0.5).astype(int), 0, gate_a.shape[1] - 1)
+    gate = gate_a[np.ix_(gy, gx)]
     outside = signed[~gate]
-    sigma = _mad_sigma(outside) if outside.size >= 64 else scene.noise * f
+    sigma = _mad_sigma(outside) if outside.size >= 64 else scene.noise / scale
     thr = max(floor, _NOISE_K * sigma)
+    if scene.shade < 1.0:
+        # Darkness against white (1 - reflectance) where the object differs from the
+        # background either way; the background itself, not white, stays 0, and the object's
+        # fringe (part object, part background) goes from one to the other.
+        offset = 255.0 * (1.0 - scene.shade)
+        weight = np.clip((np.abs(_box_blur3(signed)) - thr) / offset, 0.0, 1.0)
+        weight = np.where(regions.fill_holes(gate & (weight > 0)), np.maximum(weight, 0.0), 0.0)
+        inside = regions.fill_holes(weight >= 1.0)
+        weight = np.where(inside, 1.0, weight)
+        against_white = 255.0 - scene.shade * (255.0 - signed)
+        signed = weight * against_white + (1.0 - weight) * np.maximum(signed, 0.0)
     part = np.where(gate, signed, 0.0).astype(np.float32)
-    # pixel-edge coordinates of ``part`` -> the analysis image's
-    to_analysis = np.array([[1.0 / f, 0.0, x0 / f], [0.0, 1.0 / f, y0 / f]])
+    to_analysis = np.array([[scale, 0.0, origin[0]], [0.0, scale, origin[1]]])
     smooth = _box_blur3(part)
     tilt = _tilt(smooth, smooth > thr, thr)
     if tilt:
-        ph, pw = part.shape
         turned = Image.fromarray(part).rotate(
             -tilt, Image.Resampling.BILINEAR, expand=True, fillcolor=0.0
         )
         # Pillow maps an output point q to the input point c_in + M (q - c_out)
         t = np.radians(tilt)
         rot = np.array([[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]])
-        c_in = np.array([pw / 2.0, ph / 2.0])
+        c_in = np.array([w / 2.0, h / 2.0])
         c_out = np.array([turned.width / 2.0, turned.height / 2.0])
         lin = to_analysis[:, :2] @ rot
-        to_analysis = np.hstack(
-            [lin, (to_analysis[:, :2] @ (c_in - rot @ c_out) + to_analysis[:, 2])[:, None]]
-        )
+        shift = to_analysis[:, :2] @ (c_in - rot @ c_out) + to_analysis[:, 2]
+        to_analysis = np.hstack([lin, shift[:, None]])
         part = np.asarray(turned, np.float32)
     return part, thr, tilt, to_analysis
 
@@ -954,6 +1072,7 @@ def _steps(
         mask=scene.mask.copy(),
         noise=float(scene.noise),
         dark_object=scene.dark_object,
+        shade=float(scene.shade),
         tilt=float(tilt),
         box=corners,
         pixels=pixels.copy(),
