@@ -101,6 +101,7 @@ _RESAMPLE = Image.Resampling.HAMMING
 _ANALYSIS_SIZE = 256
 _RING = 0.04  # the outer band where the background is looked for first, share of the short side
 _FIT_POINTS = 4096  # background pixels the surface is fitted to (a regular subsample)
+_MAD_POINTS = 8192  # noise levels are measured on at most this many pixels
 _MIN_AREA = 0.0005  # regions smaller than this share of the image are specks
 _INNER_SHARE = 0.2  # a region cut by the frame's edge loses to one inside with this share of it
 _GROUP_GAP = 0.08  # regions this close to the object (share of its size) belong to it ...
@@ -109,8 +110,17 @@ _GROUP_MASS = 0.01  # ... when they have at least this share of its mass
 # pixels) is kept when cropping at full resolution: faint specks near an item frame it too.
 _GATE = 2.0 / 28.0
 _LIGHTER_SHARE = 0.03  # the object is partly lighter than its background from this share on
+_SHADOW_CORE = 0.4  # a cast shadow is fainter than this share of the object's level ...
+_SHADOW_REACH = 0.75  # ... lies farther than this many item pixels from the object's body ...
+_SHADOW_AREA = 0.05  # ... covers at least this share of the object's area ...
+_SHADOW_SMOOTH = 0.018  # ... varies locally by less than this share of its darkness ...
+_SHADOW_DARK = 0.04  # ... has a darkness between this share of the object's level ...
+_SHADOW_FAINT = 0.22  # ... and this one, and lies low: its centre in the object's bottom 30 %
+_SHADOW_LOW = 0.7
+_NOISE_TEXTURE = 0.157  # the texture measure of white noise of sigma 1
+_SHADOW_MARGIN = 1.2  # the object's box is taken above the shadow's level times this
 _TINT = 0.08  # a background whose colour is this saturated is a coloured surface, not white
-_CROP_SIZE = 448  # the object is cropped at a resolution where it is at most this many px
+_CROP_SIZE = 336  # the object is cropped at a resolution where it is at most this many px
 _TILT_MAX = 10.0  # tilts searched, degrees either way ...
 _TILT_STEP = 0.25  # ... in these steps
 _TILT_LEVEL = 0.05  # the silhouette is taken at this share of the object's level
@@ -717,8 +727,13 @@ def _grid_terms(h: int, w: int) -> np.ndarray:
 
 
 def _mad_sigma(values: np.ndarray) -> float:
+    """Robust standard deviation (1.4826 median absolute deviation) of at most _MAD_POINTS
+    evenly spaced ``values``."""
+    values = values.ravel()
     if values.size == 0:
         return 0.0
+    if values.size > _MAD_POINTS:
+        values = values[:: values.size // _MAD_POINTS + 1]
     return 1.4826 * float(np.median(np.abs(values - np.median(values))))
 
 
@@ -752,7 +767,7 @@ def _fit_background(
         if len(idx) > _FIT_POINTS:
             idx = idx[:: len(idx) // _FIT_POINTS + 1]
         const = np.median(flat[idx], axis=0)
-        quad = np.linalg.lstsq(terms[idx], flat[idx], rcond=None)[0].astype(np.float32)
+        quad = _least_squares(terms[idx], flat[idx])
         r_const = (flat[idx] - const) @ _weights(c)
         r_quad = (flat[idx] - terms[idx] @ quad) @ _weights(c)
         # the surface only where it explains the background clearly better than a colour
@@ -768,6 +783,14 @@ def _fit_background(
         # background: within 3 sigma below it, 5 above it (the object is on one side only)
         sample = ((resid > -3.0 * sigma) & (resid < 5.0 * sigma)).reshape(h, w)
     return coef, dark_object, sample
+
+
+def _least_squares(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """argmin_x |a x - b| for a few columns, by the normal equations (an SVD costs ~100x more)."""
+    a64 = a.astype(np.float64)
+    gram = a64.T @ a64
+    gram += np.eye(len(gram)) * (1e-9 * float(np.trace(gram)))  # a degenerate sample: stay finite
+    return np.linalg.solve(gram, a64.T @ b.astype(np.float64)).astype(np.float32)
 
 
 def _weights(c: int) -> np.ndarray:
@@ -850,21 +873,18 @@ def _object_mask(smooth: np.ndarray, low: float, high: float) -> np.ndarray | No
     inner = np.where(keep & ~touches, mass, -1.0)
     if touches[main] and inner.max() >= _INNER_SHARE * mass[main]:
         main = int(np.argmax(inner))  # clutter cut by the frame's edge, the object inside
-    rows = np.flatnonzero((labels == main + 1).any(axis=1))
-    cols = np.flatnonzero((labels == main + 1).any(axis=0))
-    y0, y1, x0, x1 = rows[0], rows[-1], cols[0], cols[-1]
-    gap = _GROUP_GAP * max(y1 - y0 + 1, x1 - x0 + 1)
-    chosen = np.zeros(count + 1, bool)
-    chosen[main + 1] = True
-    for k in np.flatnonzero(keep):
-        if k == main or (touches[k] and not touches[main]) or mass[k] < _GROUP_MASS * mass[main]:
-            continue
-        r = np.flatnonzero((labels == k + 1).any(axis=1))
-        q = np.flatnonzero((labels == k + 1).any(axis=0))
-        dy = max(0, r[0] - y1, y0 - r[-1])
-        dx = max(0, q[0] - x1, x0 - q[-1])
-        if max(dx, dy) <= gap:
-            chosen[k + 1] = True
+    y0, x0, y1, x1 = regions.boxes(labels, count)
+    gap = _GROUP_GAP * max(y1[main] - y0[main] + 1, x1[main] - x0[main] + 1)
+    dy = np.maximum(0, np.maximum(y0 - y1[main], y0[main] - y1))
+    dx = np.maximum(0, np.maximum(x0 - x1[main], x0[main] - x1))
+    near = (
+        keep
+        & (np.maximum(dx, dy) <= gap)
+        & (mass >= _GROUP_MASS * mass[main])
+        & (~touches | touches[main])
+    )
+    near[main] = True
+    chosen = np.concatenate([[False], near])
     return regions.fill_holes(chosen[labels])
 
 
@@ -909,10 +929,9 @@ def _tilt(smooth: np.ndarray, mask: np.ndarray, low: float) -> float:
     if len(xs) < 16:
         return 0.0
     angles = np.arange(-_TILT_MAX, _TILT_MAX + 1e-9, _TILT_STEP)
-    scores = np.empty(len(angles))
-    for i, t in enumerate(np.radians(angles)):
-        c, s = np.cos(t), np.sin(t)
-        scores[i] = _pile_up(xs * c - ys * s) + _pile_up(xs * s + ys * c)
+    t = np.radians(angles)[:, None]
+    c, s = np.cos(t), np.sin(t)
+    scores = _pile_up(xs * c - ys * s) + _pile_up(xs * s + ys * c)
     j = int(np.argmax(scores))
     best = float(angles[j])
     if 0 < j < len(angles) - 1:  # parabola through the peak and its neighbours
@@ -926,14 +945,18 @@ def _tilt(smooth: np.ndarray, mask: np.ndarray, low: float) -> float:
     return best
 
 
-def _pile_up(u: np.ndarray) -> float:
-    """Sum of squared counts of a histogram of ``u`` in half-pixel bins (linear binning)."""
-    z = (u - u.min()) * 2.0
+def _pile_up(u: np.ndarray) -> np.ndarray:
+    """(A, N) projections -> (A,) sums of squared counts of each row's histogram in half-pixel
+    bins (linear binning): large when many points share a line."""
+    z = (u - u.min(axis=1, keepdims=True)) * 2.0
     i = np.floor(z).astype(np.int64)
     f = z - i
-    hist = np.bincount(i, weights=1.0 - f, minlength=int(i.max()) + 2)
-    hist[1:] += np.bincount(i, weights=f, minlength=int(i.max()) + 1)[: len(hist) - 1]
-    return float((hist * hist).sum())
+    width = int(i.max()) + 2
+    i += np.arange(len(u))[:, None] * width  # one histogram per row, side by side
+    size = len(u) * width
+    hist = np.bincount(i.ravel(), weights=(1.0 - f).ravel(), minlength=size)
+    hist[1:] += np.bincount(i.ravel(), weights=f.ravel(), minlength=size)[:-1]
+    return (hist * hist).reshape(len(u), width).sum(axis=1)
 
 
 def _object_map(
@@ -977,8 +1000,13 @@ def _object_map(
         against_white = 255.0 - scene.shade * (255.0 - signed)
         signed = weight * against_white + (1.0 - weight) * np.maximum(signed, 0.0)
     part = np.where(gate, signed, 0.0).astype(np.float32)
-    to_analysis = np.array([[scale, 0.0, origin[0]], [0.0, scale, origin[1]]])
+    unit = max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1) / scale / SIZE  # px per item px
     smooth = _box_blur3(part)
+    part, shadow = _drop_shadow(part, smooth, thr, sigma, unit)
+    if shadow:
+        thr = max(thr, _SHADOW_MARGIN * shadow)
+        smooth = _box_blur3(part)
+    to_analysis = np.array([[scale, 0.0, origin[0]], [0.0, scale, origin[1]]])
     tilt = _tilt(smooth, smooth > thr, thr)
     if tilt:
         turned = Image.fromarray(part).rotate(
@@ -994,6 +1022,56 @@ def _object_map(
         to_analysis = np.hstack([lin, shift[:, None]])
         part = np.asarray(turned, np.float32)
     return part, thr, tilt, to_analysis
+
+
+def _drop_shadow(
+    part: np.ndarray, smooth: np.ndarray, thr: float, sigma: float, unit: float
+) -> tuple[np.ndarray, float]:
+    """``part`` without the cast shadow of the object, and the shadow's level (0: none).
+
+    The object's body is what is darker than _SHADOW_CORE of its level (holes filled), with
+    _SHADOW_REACH item pixels (``unit`` px each) around it. A faint region beyond that is a
+    shadow on the floor when it is large (_SHADOW_AREA of the object; an item's faint parts are
+    thin), smooth (a blurred silhouette: no texture), not too faint (_SHADOW_DARK of the level)
+    and lies in the object's lower half. Shadows are set to 0; the bounding box is then taken
+    above their level, which also cuts what is left of them next to the body. ``smooth``:
+    ``part`` box-blurred.
+    """
+    obj = smooth > thr
+    if obj.sum() < 64:
+        return part, 0.0
+    level = float(np.quantile(smooth[obj], 0.9))
+    core = regions.fill_holes(smooth > _SHADOW_CORE * level)
+    near = regions.dilate(core, max(1, round(_SHADOW_REACH * unit)))
+    extra = obj & ~near
+    body_area = float((obj & near).sum())
+    if extra.sum() < _SHADOW_AREA * body_area:
+        return part, 0.0
+    labels, count = regions.label(extra)
+    flat = labels.ravel()
+    area = np.bincount(flat, minlength=count + 1)[1:]
+    mean = np.bincount(flat, weights=smooth.ravel(), minlength=count + 1)[1:] / np.maximum(area, 1)
+    # texture: the darkness's departure from its own local mean, relative to the darkness
+    rough = np.abs(smooth - _box_blur3(_box_blur3(smooth))).ravel()
+    texture = np.bincount(flat, weights=rough, minlength=count + 1)[1:] / np.maximum(area, 1)
+    ys = np.nonzero(obj)[0]
+    row_sum = np.bincount(
+        flat, weights=np.repeat(np.arange(part.shape[0]), part.shape[1]), minlength=count + 1
+    )[1:]
+    top, bottom = ys.min(), ys.max()
+    position = (row_sum / np.maximum(area, 1) - top) / max(1, bottom - top)  # 0 top .. 1 bottom
+    shadow = (
+        (area >= _SHADOW_AREA * body_area)
+        & (texture - _NOISE_TEXTURE * sigma < _SHADOW_SMOOTH * mean)
+        & (mean >= _SHADOW_DARK * level)
+        & (mean < _SHADOW_FAINT * level)
+        & (position > _SHADOW_LOW)
+    )
+    if not shadow.any():
+        return part, 0.0
+    dropped = np.isin(labels, np.flatnonzero(shadow) + 1)
+    shadow_level = float(np.quantile(smooth[dropped], 0.98))
+    return np.where(dropped, 0.0, part).astype(np.float32), shadow_level
 
 
 def _crop(signed: np.ndarray, thr: float, lossy: bool, name: str) -> tuple[np.ndarray, tuple]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["dilate", "erode", "fill_holes", "label"]
+__all__ = ["boxes", "dilate", "erode", "fill_holes", "label"]
 
 
 def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -70,17 +70,40 @@ def label(mask: np.ndarray, connectivity: int = 8) -> tuple[np.ndarray, int]:
     return labels, int(run_labels.max())
 
 
+def boxes(labels: np.ndarray, count: int) -> tuple[np.ndarray, ...]:
+    """Bounding boxes of labels 1..count -> (top, left, bottom, right) int arrays of length
+    count, inclusive."""
+    ys, xs = np.nonzero(labels)
+    k = labels[ys, xs] - 1
+    top = np.full(count, labels.shape[0], np.int64)
+    left = np.full(count, labels.shape[1], np.int64)
+    bottom = np.full(count, -1, np.int64)
+    right = np.full(count, -1, np.int64)
+    np.minimum.at(top, k, ys)
+    np.minimum.at(left, k, xs)
+    np.maximum.at(bottom, k, ys)
+    np.maximum.at(right, k, xs)
+    return top, left, bottom, right
+
+
 def fill_holes(mask: np.ndarray) -> np.ndarray:
     """``mask`` with every background region that does not touch the border set to True."""
     mask = np.asarray(mask, bool)
-    background, count = label(~mask, connectivity=4)
-    if count == 0:
-        return mask.copy()
+    out = mask.copy()
+    rows = np.flatnonzero(mask.any(axis=1))
+    if len(rows) == 0:
+        return out
+    cols = np.flatnonzero(mask.any(axis=0))
+    # holes lie inside the mask's bounding box: work there, with a margin that is outside
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    part = np.pad(mask[y0:y1, x0:x1], 1, constant_values=False)
+    background, _ = label(~part, connectivity=4)
     edge = np.unique(
         np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])
     )
-    outside = np.isin(background, edge[edge > 0])
-    return ~outside
+    holes = (background > 0) & ~np.isin(background, edge[edge > 0])
+    out[y0:y1, x0:x1] |= holes[1:-1, 1:-1]
+    return out
 
 
 def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
