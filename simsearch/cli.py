@@ -243,23 +243,34 @@ def query(
         Path | None,
         typer.Option(help="Also draw the results as a PNG grid, one block of lines per query."),
     ] = None,
+    explain: Annotated[
+        Path | None,
+        typer.Option(
+            "--explain",
+            help="Also draw what the preprocessing did as a PNG, one row per query: the image, "
+            "its background, the object and crop found, the 28x28 model input.",
+        ),
+    ] = None,
 ) -> None:
     """Print the nearest catalog neighbours of each image."""
     with user_errors():
+        from simsearch import images as image_prep
         from simsearch.errors import InvalidImageError
-        from simsearch.images import preprocess
         from simsearch.search_index import SearchIndex
 
-        if grid is not None:
+        if grid is not None or explain is not None:
             from simsearch import figures
 
-            figures.check_writable(grid)  # fail before any work
+            for out in (grid, explain):
+                if out is not None:
+                    figures.check_writable(out)  # fail before any work
         index = SearchIndex.load(_index_dir(index_dir))
         failed = False
         rows = []
+        explained = []
         for name in images:  # one at a time: a bad image must not stop the others
             try:
-                pixels = preprocess(name)
+                pixels, steps = image_prep.explain(name)
                 hits = index.query_pixels(pixels[None], k)[0]
             except InvalidImageError as exc:
                 failed = True
@@ -268,9 +279,18 @@ def query(
             _print_hits(name, hits, as_json, first=name == images[0])
             if grid is not None:
                 rows.append(figures.query_row(index, name, name, pixels, hits))
+            if explain is not None:
+                from simsearch.explain import ExplainRow
+
+                explained.append(ExplainRow(name, pixels, steps))
         if grid is not None and rows:
             figures.query_grid(rows, grid)
             typer.echo(f"wrote {grid}", err=True)  # stdout carries only results
+        if explain is not None and explained:
+            from simsearch.explain import draw_explain
+
+            draw_explain(explained, explain)
+            typer.echo(f"wrote {explain}", err=True)
         if failed:
             raise typer.Exit(1)
 

@@ -118,7 +118,7 @@ _SHADOW_DARK = 0.04  # ... has a darkness between this share of the object's lev
 _SHADOW_FAINT = 0.22  # ... and this one, and lies low: its centre in the object's bottom 30 %
 _SHADOW_LOW = 0.7
 _NOISE_TEXTURE = 0.157  # the texture measure of white noise of sigma 1
-_SHADOW_MARGIN = 1.2  # the object's box is taken above the shadow's level times this
+_SHADOW_MARGIN = 1.2  # next to the shadow, what is up to its level times this is shadow too
 _TINT = 0.08  # a background whose colour is this saturated is a coloured surface, not white
 _CROP_SIZE = 336  # the object is cropped at a resolution where it is at most this many px
 _TILT_MAX = 10.0  # tilts searched, degrees either way ...
@@ -1002,10 +1002,9 @@ def _object_map(
     part = np.where(gate, signed, 0.0).astype(np.float32)
     unit = max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1) / scale / SIZE  # px per item px
     smooth = _box_blur3(part)
-    part, shadow = _drop_shadow(part, smooth, thr, sigma, unit)
-    if shadow:
-        thr = max(thr, _SHADOW_MARGIN * shadow)
-        smooth = _box_blur3(part)
+    without = _drop_shadow(part, smooth, thr, sigma, unit)
+    if without is not part:
+        part, smooth = without, _box_blur3(without)
     to_analysis = np.array([[scale, 0.0, origin[0]], [0.0, scale, origin[1]]])
     tilt = _tilt(smooth, smooth > thr, thr)
     if tilt:
@@ -1026,27 +1025,25 @@ def _object_map(
 
 def _drop_shadow(
     part: np.ndarray, smooth: np.ndarray, thr: float, sigma: float, unit: float
-) -> tuple[np.ndarray, float]:
-    """``part`` without the cast shadow of the object, and the shadow's level (0: none).
+) -> np.ndarray:
+    """``part`` without the cast shadow of the object.
 
     The object's body is what is darker than _SHADOW_CORE of its level (holes filled), with
     _SHADOW_REACH item pixels (``unit`` px each) around it. A faint region beyond that is a
     shadow on the floor when it is large (_SHADOW_AREA of the object; an item's faint parts are
     thin), smooth (a blurred silhouette: no texture), not too faint (_SHADOW_DARK of the level)
-    and lies in the object's lower half. Shadows are set to 0; the bounding box is then taken
-    above their level, which also cuts what is left of them next to the body. ``smooth``:
-    ``part`` box-blurred.
+    and lies in the object's lower part. Shadows are set to 0. ``smooth``: ``part`` box-blurred.
     """
     obj = smooth > thr
     if obj.sum() < 64:
-        return part, 0.0
+        return part
     level = float(np.quantile(smooth[obj], 0.9))
     core = regions.fill_holes(smooth > _SHADOW_CORE * level)
     near = regions.dilate(core, max(1, round(_SHADOW_REACH * unit)))
     extra = obj & ~near
     body_area = float((obj & near).sum())
     if extra.sum() < _SHADOW_AREA * body_area:
-        return part, 0.0
+        return part
     labels, count = regions.label(extra)
     flat = labels.ravel()
     area = np.bincount(flat, minlength=count + 1)[1:]
@@ -1068,10 +1065,19 @@ def _drop_shadow(
         & (position > _SHADOW_LOW)
     )
     if not shadow.any():
-        return part, 0.0
+        return part
     dropped = np.isin(labels, np.flatnonzero(shadow) + 1)
-    shadow_level = float(np.quantile(smooth[dropped], 0.98))
-    return np.where(dropped, 0.0, part).astype(np.float32), shadow_level
+    # What is left of the shadow lies next to the body, within the shadow's reach and no
+    # darker than it: cleared too, there only (an item's faint parts elsewhere stay).
+    ceiling = _SHADOW_MARGIN * float(np.quantile(smooth[dropped], 0.98))
+    ys, xs = np.nonzero(dropped)
+    reach = max(1, round(_SHADOW_REACH * unit)) + 1
+    y0, x0 = max(0, ys.min() - reach), max(0, xs.min() - reach)
+    y1, x1 = ys.max() + 1 + reach, xs.max() + 1 + reach
+    zone = np.zeros_like(dropped)
+    zone[y0:y1, x0:x1] = True
+    dropped |= zone & (smooth < ceiling)
+    return np.where(dropped, 0.0, part).astype(np.float32)
 
 
 def _crop(signed: np.ndarray, thr: float, lossy: bool, name: str) -> tuple[np.ndarray, tuple]:
