@@ -8,6 +8,14 @@ Reports requests/s, latency percentiles of the good requests, errors on good req
 0), the statuses the malformed ones got, and the server's RSS before and after.
 
     python scripts/bench_service.py [--index-dir DIR] [--seconds 30] [--clients 16]
+
+With ``--ray ADDRESS`` (``local``: a cluster of a head and one worker node started here with
+``ray.cluster_utils``), the same load also runs against ``simsearch serve --ray`` with each of
+``--replicas`` (1,2), next to plain ``serve`` in the same run, and the shard fan-out is measured:
+copies of the index cut into each of ``--shards`` (1,2,4) shards, served with ``--ray``, queried
+by ``--fanout-clients`` (1) clients, next to the whole index on ``--ray`` the same way.
+
+    python scripts/bench_service.py --ray local --seconds 20 --clients 16
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +54,71 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=200, help="Distinct catalog PNGs to send.")
     parser.add_argument("--workers", type=int, default=1, help="Server worker processes.")
     parser.add_argument("--max-requests", type=int, default=2_000_000, help="Hard cap.")
+    parser.add_argument("--ray", metavar="ADDRESS", help="Also run serve --ray (local: here).")
+    parser.add_argument("--replicas", default="1,2", help="With --ray: replica counts.")
+    parser.add_argument("--shards", default="1,2,4", help="With --ray: shard counts (fan-out).")
+    parser.add_argument("--fanout-clients", type=int, default=1, help="Clients of the fan-out.")
     args = parser.parse_args()
     if not 1 <= args.clients <= 256 or not 0 < args.seconds <= 3600 or args.bad_every < 2:
         parser.error("need 1 <= --clients <= 256, 0 < --seconds <= 3600, --bad-every >= 2")
 
-    with tempfile.TemporaryDirectory() as tmp, Server(args.index_dir, args.workers, tmp) as srv:
+    with tempfile.TemporaryDirectory() as tmp:
+        plain = measure(args, Server(args.index_dir, ["--workers", str(args.workers)], tmp))
+        if args.ray is None:
+            health = plain.pop("health")
+            plain.pop("server")
+            settings = {**config(args), "distinct_images": plain.pop("distinct_images")}
+            print(json.dumps(report(args, health, {"config": settings, **plain})))
+            return
+        runs, fanout = [plain], []
+        with ray_cluster(args.ray) as address:
+            where = "local" if args.ray == "local" else "remote"
+            for replicas in _counts(args.replicas):
+                ray_args = ["--ray", address, "--replicas", str(replicas)]
+                runs.append(measure(args, Server(args.index_dir, ray_args, tmp, ray=where)))
+            one_by_one = argparse.Namespace(**{**vars(args), "clients": args.fanout_clients})
+            whole = Server(args.index_dir, ["--ray", address], tmp, ray=where)
+            fanout.append({"shards": None, **measure(one_by_one, whole)})
+            for shards in _counts(args.shards):
+                copy = sharded_copy(args.index_dir, Path(tmp) / f"shards-{shards}", shards)
+                server = Server(copy, ["--ray", address], tmp, ray=where)
+                fanout.append({"shards": shards, **measure(one_by_one, server)})
+    health = plain.pop("health")
+    for run in [*runs[1:], *fanout]:
+        run.pop("health")
+    result = {"config": config(args), "runs": runs, "fanout": fanout}
+    print(json.dumps(report(args, health, result)))
+
+
+def config(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "clients": args.clients,
+        "seconds": args.seconds,
+        "k": args.k,
+        "bad_every": args.bad_every,
+        "workers": args.workers,
+        "transport": "HTTP/1.1 keep-alive over 127.0.0.1, multipart uploads",
+        **({"ray": args.ray, "fanout_clients": args.fanout_clients} if args.ray else {}),
+    }
+
+
+def report(args: argparse.Namespace, health: dict[str, Any], result: dict[str, Any]) -> dict:
+    return {
+        "benchmark": "service" if args.ray is None else "service_on_ray",
+        "index": {
+            "dir": str(args.index_dir),
+            "count": health["count"],
+            "model": health["model"],
+            "dim": health["dim"],
+        },
+        **result,
+        "machine": machine(),
+    }
+
+
+def measure(args: argparse.Namespace, server: Server) -> dict[str, Any]:
+    """Start ``server``, load it for ``args.seconds`` with ``args.clients`` clients, stop it."""
+    with server as srv:
         health = srv.health
         pngs = fetch_catalog_pngs(srv.url, args.images)
         rss_before = srv.rss_mib()
@@ -58,43 +128,81 @@ def main() -> None:
         time.sleep(0.5)
         rss_after = srv.rss_mib()
         alive = httpx.get(f"{srv.url}/api/health", timeout=10).json()["status"] == "ok"
-
-    report = {
-        "benchmark": "service",
-        "index": {
-            "dir": str(args.index_dir),
-            "count": health["count"],
-            "model": health["model"],
-            "dim": health["dim"],
-        },
-        "config": {
-            "clients": args.clients,
-            "seconds": args.seconds,
-            "k": args.k,
-            "bad_every": args.bad_every,
-            "workers": args.workers,
-            "distinct_images": len(pngs),
-            "transport": "HTTP/1.1 keep-alive over 127.0.0.1, multipart uploads",
-        },
+    requests = max(1, load["good"]["count"] + load["malformed"]["count"])
+    # With --ray local: every process of the cluster (Serve's proxy and controller, the
+    # replicas, raylets, GCS) and the `serve --ray` process; on a remote cluster: not measured.
+    measured = server.ray != "remote"
+    return {
+        "server": " ".join(["simsearch serve", *server.args]),
+        "health": health,
+        "distinct_images": len(pngs),
         **load,
-        "server_cpu_ms_per_request": round(
-            1000 * server_cpu / max(1, load["good"]["count"] + load["malformed"]["count"]), 2
-        ),
+        "server_cpu_ms_per_request": round(1000 * server_cpu / requests, 2) if measured else None,
         "server_alive_after": alive,
-        "server_rss_mib": {"before": rss_before, "after": rss_after},
-        "machine": machine(),
+        "server_rss_mib": {"before": rss_before, "after": rss_after} if measured else None,
     }
-    print(json.dumps(report))
+
+
+def _counts(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+@contextmanager
+def ray_cluster(address: str) -> Iterator[str]:
+    """``address`` as given, or with ``local`` a head and one worker node (2 CPUs each) started
+    here (and stopped after)."""
+    if address != "local":
+        yield address
+        return
+    import ray
+    from ray.cluster_utils import Cluster
+
+    repo = str(Path(__file__).resolve().parents[1])  # the nodes import simsearch from here
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2}, connect=False)
+    cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    try:
+        yield cluster.address
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def sharded_copy(source: Path, target: Path, shards: int) -> Path:
+    """The index at ``source`` saved at ``target`` with its FAISS index cut into ``shards``
+    shards of the same type and parameters (consecutive rows)."""
+    from simsearch import SearchIndex, vector_index
+
+    index = SearchIndex.load(source)
+    conf = index.manifest["index"]
+    sizes = vector_index.shard_sizes(len(index), shards)
+    searcher = vector_index.build_shards(index.vectors, conf["type"], conf["params"], sizes)
+    SearchIndex(
+        encoder=index.encoder,
+        encoder_file=index.encoder_file,
+        vectors=index.vectors,
+        ids=index.ids,
+        labels=index.labels,
+        sources=index.sources,
+        images=index.images,
+        manifest=index.manifest,
+        extra_files=index.extra_files,
+        searcher=searcher,
+    ).save(target)
+    return target
 
 
 # ---------------------------------------------------------------------- the server
 
 
 class Server:
-    """`simsearch serve` in a subprocess on a free loopback port."""
+    """`simsearch serve ARGS` in a subprocess on a free loopback port (``ray``: it serves on a
+    Ray cluster started by this script, "local", or elsewhere, "remote"; up once it says so)."""
 
-    def __init__(self, index_dir: Path, workers: int, tmp: str) -> None:
-        self.index_dir, self.workers, self.log_path = index_dir, workers, Path(tmp) / "serve.log"
+    def __init__(self, index_dir: Path, args: list[str], tmp: str, ray: str | None = None) -> None:
+        self.index_dir, self.args, self.ray = index_dir, args, ray
+        self.log_path = Path(tmp) / "serve.log"
 
     def __enter__(self) -> Server:
         with socket.socket() as sock:
@@ -102,34 +210,43 @@ class Server:
             port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
         command = [sys.executable, "-m", "simsearch.cli", "serve", "--index-dir"]
-        command += [str(self.index_dir), "--port", str(port), "--workers", str(self.workers)]
+        command += [str(self.index_dir), "--port", str(port), *self.args]
         self.log = open(self.log_path, "wb")  # closed in __exit__
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 300
         while True:
             if self.process.poll() is not None:
                 raise SystemExit(f"the server exited:\n{self.log_path.read_text()[-2000:]}")
             if time.monotonic() > deadline:
-                raise SystemExit("the server did not answer within 180 s")
+                raise SystemExit("the server did not answer within 300 s")
             try:
-                self.health = httpx.get(f"{self.url}/api/health", timeout=2).json()
-                return self
+                ready = not self.ray or b"serving " in self.log_path.read_bytes()
+                response = httpx.get(f"{self.url}/api/health", timeout=2)
+                if ready and response.status_code == 200 and response.json()["status"] == "ok":
+                    self.health = response.json()
+                    return self
             except httpx.HTTPError:
-                time.sleep(0.2)
+                pass  # not listening yet (Ray Serve's proxy answers 404/503 until the app is up)
+            time.sleep(0.2)
 
     def __exit__(self, *exc: object) -> None:
         self.process.terminate()
         try:
-            self.process.wait(30)
+            self.process.wait(60)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
         self.log.close()
 
+    def _pids(self) -> list[int]:
+        if self.ray == "local":  # the cluster's processes are this script's children too
+            return [pid for pid in _process_tree(os.getpid()) if pid != os.getpid()]
+        return _process_tree(self.process.pid)
+
     def cpu_seconds(self) -> float:
         """User + system CPU time of the server process and its children so far."""
         ticks = 0
-        for pid in _process_tree(self.process.pid):
+        for pid in self._pids():
             try:
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
@@ -140,7 +257,7 @@ class Server:
     def rss_mib(self) -> float:
         """VmRSS of the server process and its children (the workers), in MiB."""
         total_kib = 0
-        for pid in _process_tree(self.process.pid):
+        for pid in self._pids():
             try:
                 status = Path(f"/proc/{pid}/status").read_text()
             except OSError:

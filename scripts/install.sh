@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Install simsearch into .venv (with training, serving and test extras) and, where the machine
-# allows it (root or sudo with apt), the Debian packages: Fashion-MNIST and, for the web-page
-# tests, Chromium and its driver.
+# Install simsearch into .venv and, where the machine allows it (root or sudo with apt), the
+# Debian packages: Fashion-MNIST and, for the web-page tests, Chromium and its driver.
+#   SIMSEARCH_EXTRAS=train,serve (default) | train-gpu,serve (NVIDIA GPU) | test
+#   SIMSEARCH_WITH_BROWSER=1     also Chromium;  PYTHON=python3.12  the interpreter for .venv
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

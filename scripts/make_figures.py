@@ -116,17 +116,14 @@ def main() -> None:
         f"{row.name} ({row.detail})": round(row.mse, 5) for row in recon.rows if row.mse is not None
     }
 
-    history_file = index.extra_files.get("history.json")
-    if history_file is not None:
+    if "history.json" in index.extra_files:
+        history_file = index.model_file("history.json")
         start = time.perf_counter()
         history = json.loads(history_file.read_text())
-        loss = {"bce": "binary cross-entropy", "mse": "mean squared error"}.get(
-            str(model.get("loss")), ""
-        )
         path = figures.training_curve(
             history,
             args.out_dir / "training_curve.png",
-            loss_name=f"loss ({loss})" if loss else "loss",
+            loss_name=figures.loss_label(str(model.get("loss"))),
             title=f"{model.get('model')} autoencoder, {index.dim}-d code: loss per epoch",
         )
         record("training_curve", path, time.perf_counter() - start)
@@ -173,7 +170,7 @@ def machine() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "note": "2-core, 24 GiB, no GPU sandbox shared with other jobs: see load_average_1min",
+        "note": "2-core, 24 GiB, no GPU machine shared with other jobs: see load_average_1min",
     }
 
 

@@ -9,20 +9,62 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from simsearch.errors import (
+    ConfigError,
+    DatasetCorruptError,
+    DatasetNotFoundError,
+    DuplicateIdError,
+    EvaluationError,
+    IncompatibleIndexError,
+    IndexChangedError,
+    IndexCorruptError,
+    IndexExistsError,
+    IndexNotFoundError,
+    IndexWriteError,
+    InvalidImageError,
+    ItemNotFoundError,
+    MissingDependencyError,
+    OutputError,
+    SimsearchError,
+    UnavailableError,
+)
+
 __version__ = "0.1.0"
-__all__ = ["Hit", "SearchIndex", "__version__"]
+__all__ = [
+    "ConfigError",
+    "DatasetCorruptError",
+    "DatasetNotFoundError",
+    "DuplicateIdError",
+    "EvaluationError",
+    "Hit",
+    "IncompatibleIndexError",
+    "IndexChangedError",
+    "IndexCorruptError",
+    "IndexExistsError",
+    "IndexNotFoundError",
+    "IndexWriteError",
+    "InvalidImageError",
+    "ItemNotFoundError",
+    "MissingDependencyError",
+    "OutputError",
+    "QueryResult",
+    "SearchIndex",
+    "SimsearchError",
+    "UnavailableError",
+    "__version__",
+]
 
 if TYPE_CHECKING:
     from simsearch.hit import Hit
-    from simsearch.search_index import SearchIndex
+    from simsearch.search_index import QueryResult, SearchIndex
 
 
 def __getattr__(name: str) -> Any:
     # Lazy: `import simsearch` (and so the CLI's --help) does not pull in numpy, FAISS or ONNX.
-    if name == "SearchIndex":
-        from simsearch.search_index import SearchIndex
+    if name in ("SearchIndex", "QueryResult"):
+        from simsearch import search_index
 
-        return SearchIndex
+        return getattr(search_index, name)
     if name == "Hit":
         from simsearch.hit import Hit
 

@@ -15,7 +15,12 @@ import numpy as np
 from simsearch import storage
 from simsearch.data import CLASS_NAMES, item_id, load_split
 from simsearch.encoders import load_encoder, normalize
-from simsearch.errors import ConfigError, IndexExistsError
+from simsearch.errors import (
+    ConfigError,
+    IndexCorruptError,
+    IndexExistsError,
+    MissingDependencyError,
+)
 from simsearch.progress import Reporter
 from simsearch.search_index import SearchIndex
 from simsearch.training import TrainConfig, TrainedModel, train
@@ -157,15 +162,22 @@ def embed_catalog(encoder_file: Path, images: np.ndarray, reporter: Reporter) ->
     return out
 
 
-def reuse_model(source_dir: Path, workdir: Path) -> TrainedModel:
-    """Copy the (checksum-verified) model files of an existing index into ``workdir``."""
-    source = SearchIndex.load(source_dir)
+def reuse_model(source: SearchIndex, workdir: Path) -> TrainedModel:
+    """Copy the (checksum-verified) model files of a loaded index into ``workdir``."""
     encoder_file = workdir / source.encoder_file.name
-    shutil.copyfile(source.encoder_file, encoder_file)
+    encoder_file.write_bytes(source.encoder.data)  # verified when the index loaded
     extra = []  # every model file training wrote next to the encoder (SearchIndex.extra_files)
-    for name, path in source.extra_files.items():
-        extra.append(workdir / name)
-        shutil.copyfile(path, workdir / name)
+    for name, existing in source.extra_files.items():
+        target = workdir / name
+        try:
+            shutil.copyfile(existing.path, target)
+        except OSError as exc:
+            raise IndexCorruptError(f"{existing.path}: cannot read ({exc.strerror})") from None
+        if storage.sha256_file(target) != existing.sha256:
+            raise IndexCorruptError(
+                f"{existing.path}: sha256 does not match the manifest (file changed?)"
+            )
+        extra.append(target)
     model = dict(source.manifest["model"])
     fields = {k: model[k] for k in TrainConfig.__dataclass_fields__ if k in model}
     return TrainedModel(
@@ -176,6 +188,22 @@ def reuse_model(source_dir: Path, workdir: Path) -> TrainedModel:
         int(model.get("epochs_run", 0)),
         float(model.get("train_seconds", 0.0)),
     )
+
+
+def draw_training_curve(trained: TrainedModel, workdir: Path) -> list[Path]:
+    """``training_curve.png`` of the loss history into ``workdir`` (none for PCA, which has no
+    history, or without matplotlib)."""
+    if not trained.history:
+        return []
+    from simsearch.figures import loss_label, training_curve
+
+    try:
+        path = training_curve(
+            trained.history, workdir / "training_curve.png", loss_label(trained.config.loss)
+        )
+    except MissingDependencyError:
+        return []
+    return [path]
 
 
 def build_index(
@@ -193,13 +221,46 @@ def build_index(
     reporter = reporter or Reporter(quiet=True)
     if storage.has_index(index_dir) and not force:
         raise IndexExistsError(f"an index already exists at {index_dir}; use --force to replace it")
+    storage.check_target(index_dir, allow_foreign=force)
+    created = not index_dir.exists()
+    try:
+        # The writer lock is held for the whole build: an `add` meanwhile waits and then
+        # applies to the new index instead of being overwritten by it.
+        with storage.locked(index_dir, create=True, on_wait=reporter.waiting_for_writer(index_dir)):
+            return _build(config, index_dir, force, reporter, tensorboard_dir)
+    except BaseException:
+        if created:
+            _remove_if_only_lock(index_dir)
+        raise
 
+
+def _remove_if_only_lock(directory: Path) -> None:
+    """A build that failed leaves no folder it created behind."""
+    try:
+        if {p.name for p in directory.iterdir()} <= {storage.LOCK}:
+            (directory / storage.LOCK).unlink(missing_ok=True)
+            directory.rmdir()
+    except OSError:
+        pass
+
+
+def _build(
+    config: BuildConfig,
+    index_dir: Path,
+    force: bool,
+    reporter: Reporter,
+    tensorboard_dir: Path | None,
+) -> SearchIndex:
+    if storage.has_index(index_dir) and not force:  # made by a writer we waited for
+        raise IndexExistsError(f"an index already exists at {index_dir}; use --force to replace it")
+    # The model's index first: a broken or foreign one fails before any catalog is read.
+    source = SearchIndex.load(Path(config.model_from)) if config.model_from else None
     catalog = load_catalog(config, reporter)
     with tempfile.TemporaryDirectory(prefix="simsearch-build-") as tmp:
         workdir = Path(tmp)
-        if config.model_from:
+        if source is not None:
             reporter.message(f"catalog: {len(catalog.ids):,} items; model from {config.model_from}")
-            trained = reuse_model(Path(config.model_from), workdir)
+            trained = reuse_model(source, workdir)
         else:
             train_images = training_images(config, catalog)
             reporter.message(
@@ -208,6 +269,7 @@ def build_index(
             )
             labels = training_labels(config, catalog) if config.train.use_labels else None
             trained = train(train_images, config.train, workdir, reporter, tensorboard_dir, labels)
+            trained.extra_files += draw_training_curve(trained, workdir)
         vectors = embed_catalog(trained.encoder_file, catalog.pixels, reporter)
         index_type = choose_type(config.index_type, len(catalog.ids))
         index_params = {**default_params(index_type, len(catalog.ids)), **config.index_params}
@@ -249,3 +311,140 @@ def build_index(
     skipped = f", skipped {len(catalog.skipped)} unreadable" if catalog.skipped else ""
     reporter.message(f"saved {len(index):,} items to {index_dir}{skipped}")
     return index
+
+
+# ---------------------------------------------------------------------- from embeddings
+
+
+def build_from_embeddings(
+    source: Path,
+    index_dir: Path,
+    *,
+    model_from: Path | None = None,
+    shards: int = 1,
+    index_type: str = AUTO,
+    index_params: dict[str, Any] | None = None,
+    ray: str | None = None,
+    force: bool = False,
+    reporter: Reporter | None = None,
+) -> SearchIndex:
+    """An index over embeddings that ``simsearch embed`` (a folder) or ``simsearch export``
+    (one Parquet file, with ``model_from``: the index whose encoder made it) wrote; no
+    training, no images read. The encoder comes with the embeddings, checked, so the index
+    queries like any other.
+
+    ``shards`` > 1 splits the items into that many consecutive shards (``index-NNN.faiss``)
+    searched in parallel and merged; IVF shards share one quantizer trained once on a sample.
+    With ``ray`` (a cluster address or ``auto``) the shards are built in parallel Ray tasks.
+    Saved atomically like ``build_index``; on any error nothing is written.
+    """
+    from simsearch.embeddings import open_embeddings
+
+    reporter = reporter or Reporter(quiet=True)
+    if shards < 1:
+        raise ConfigError(f"--shards must be at least 1, got {shards}")
+    choose_type(index_type, 0)  # an unknown type fails before any work
+    if storage.has_index(index_dir) and not force:
+        raise IndexExistsError(f"an index already exists at {index_dir}; use --force to replace it")
+    storage.check_target(index_dir, allow_foreign=force)
+    if ray is not None:
+        from simsearch import distributed
+
+        distributed.connect(ray)  # an unreachable cluster fails before anything is read
+    loaded = open_embeddings(source, model_from)
+    items = loaded.embeddings
+    if shards > len(items):
+        raise ConfigError(f"--shards {shards} is more than the {len(items):,} items")
+    created = not index_dir.exists()
+    try:
+        with storage.locked(index_dir, create=True, on_wait=reporter.waiting_for_writer(index_dir)):
+            if storage.has_index(index_dir) and not force:
+                raise IndexExistsError(
+                    f"an index already exists at {index_dir}; use --force to replace it"
+                )
+            kind = choose_type(index_type, len(items))
+            params = {**default_params(kind, len(items)), **(index_params or {})}
+            where = f" on the Ray cluster at {ray}" if ray is not None else ""
+            reporter.message(
+                f"indexing {len(items):,} vectors from {source} ({kind}, {shards} shard(s){where})"
+            )
+            searcher = _searcher(items.vectors, kind, params, shards, ray)
+            with tempfile.TemporaryDirectory(prefix="simsearch-build-") as tmp:
+                encoder_file = Path(tmp) / loaded.encoder_name
+                encoder_file.write_bytes(loaded.encoder_data)
+                has_images = items.images is not None
+                catalog = {
+                    k: v for k, v in loaded.catalog.items() if k in ("source", "split", "path")
+                }
+                if "limit" in loaded.catalog:
+                    catalog["limit"] = loaded.catalog["limit"]
+                manifest: dict[str, Any] = {
+                    "format_version": storage.FORMAT_VERSION,
+                    "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "versions": versions(),
+                    "catalog": catalog
+                    | {
+                        "label_names": items.label_names,
+                        "skipped": loaded.skipped,
+                        "embeddings": str(source.resolve()),
+                        "item_images": has_images,
+                    },
+                    "model": loaded.model
+                    | {
+                        "encoder_file": loaded.encoder_name,
+                        "encoder_sha256": storage.sha256_file(encoder_file),
+                    },
+                    "preprocessing": loaded.preprocessing,
+                    "embedding_dim": int(items.vectors.shape[1]),
+                    "metric": "cosine",
+                    "normalized": True,
+                    "count": len(items),
+                    "index": {"type": kind, "params": params},
+                    "build": {
+                        "from_embeddings": str(source.resolve()),
+                        "shards": shards,
+                        "index_type": index_type,
+                        "index_params": dict(index_params or {}),
+                        "ray": ray,
+                        "labels_from_folders": bool(loaded.catalog.get("labels_from_folders")),
+                    },
+                }
+                index = SearchIndex(
+                    encoder=load_encoder(encoder_file, loaded.encoder_data),
+                    encoder_file=encoder_file,
+                    vectors=items.vectors,
+                    ids=items.ids,
+                    labels=items.labels,
+                    sources=items.sources,
+                    # The index format keeps the model inputs; without them, zeros stand in
+                    # and the manifest says item images are unavailable.
+                    images=items.images if has_images else np.zeros((len(items), 28, 28), np.uint8),
+                    manifest=manifest,
+                    searcher=searcher,
+                )
+                index.save(index_dir, force=force)
+    except BaseException:
+        if created:
+            _remove_if_only_lock(index_dir)
+        raise
+    reporter.message(f"saved {len(index):,} items to {index_dir}")
+    return index
+
+
+def _searcher(
+    vectors: np.ndarray, kind: str, params: dict[str, Any], shards: int, ray: str | None
+) -> Any:
+    """One index over ``vectors``, or ``shards`` consecutive ones (on the Ray cluster at
+    ``ray``: one task per shard)."""
+    import functools
+
+    from simsearch import vector_index
+
+    parallel = None
+    if ray is not None:
+        from simsearch import distributed
+
+        parallel = functools.partial(distributed.build_shards, ray, kind=kind, params=params)
+    sizes = vector_index.shard_sizes(len(vectors), shards)
+    sharded = vector_index.build_shards(vectors, kind, params, sizes, parallel)
+    return sharded.shards[0] if shards == 1 else sharded

@@ -8,6 +8,7 @@ line on stderr and exit code 1; usage errors are Typer's own (exit 2).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,7 +17,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from simsearch.recipes import MAX_TAIL_CONVS, RECIPES, TrainConfig, default_text
+
 if TYPE_CHECKING:
+    from simsearch.duplicates import DuplicateGroup
     from simsearch.hit import Hit
 
 app = typer.Typer(
@@ -37,6 +41,9 @@ IndexDir = Annotated[
     ),
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or status lines.")]
+Verbose = Annotated[
+    bool, typer.Option("--verbose", help="Also show TensorFlow's start-up and C++ log lines.")
+]
 
 
 def fail(message: str) -> typer.Exit:
@@ -54,6 +61,9 @@ def user_errors() -> Iterator[None]:
         yield
     except SimsearchError as exc:
         raise fail(_one_line(str(exc))) from None
+    except OSError as exc:  # a file system failure the library did not expect: still one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise fail(_one_line(f"{where}{exc.strerror or exc}")) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(130) from None
@@ -69,6 +79,13 @@ def _index_dir(index_dir: Path | None) -> Path:
     return index_dir if index_dir is not None else default_index_dir()
 
 
+def _noise_default() -> str:
+    """conv-denoising's training noise without and with --use-labels, for the help."""
+    entry = RECIPES["conv-denoising"]
+    noise = entry.corruption.noise if entry.corruption else 0.0
+    return f"{noise:g}; {entry.labels_noise or 0.0:g} with --use-labels"
+
+
 @app.command("build-index")
 def build_index_cmd(
     catalog: Annotated[
@@ -76,40 +93,43 @@ def build_index_cmd(
     ] = "fashion-mnist",
     split: Annotated[str, typer.Option(help="Split to index: train, test or all.")] = "train",
     model: Annotated[
-        str,
-        typer.Option(
-            help="conv-denoising (default), pca, dense, deep, conv, denoising, sparse or vae"
-        ),
-    ] = "conv-denoising",
-    code_size: Annotated[int, typer.Option(help="Embedding dimension D.")] = 64,
-    epochs: Annotated[int, typer.Option(help="Epochs (cosine schedule, early stopping).")] = 20,
+        str, typer.Option(help=f"Model kind: {', '.join(RECIPES)}.")
+    ] = TrainConfig.model,
+    code_size: Annotated[int, typer.Option(help="Embedding dimension D.")] = TrainConfig.code_size,
+    epochs: Annotated[
+        int, typer.Option(help="Epochs (cosine schedule, early stopping).")
+    ] = TrainConfig.epochs,
     whiten: Annotated[
         float | None,
-        typer.Option(help="PCA-whitening power folded into the encoder [0.25 for conv-denoising]."),
+        typer.Option(
+            help=f"PCA-whitening power folded into the encoder, 0-0.5 [{default_text('whiten')}]."
+        ),
     ] = None,
     mirror: Annotated[
         bool | None,
         typer.Option(
             "--mirror/--no-mirror",
-            help="Code = mean of the image's and its mirror image's codes [on for conv-denoising; "
-            "off embeds twice as fast].",
+            help="Code = mean of the image's and its mirror image's codes "
+            f"[{default_text('mirror')}; off embeds twice as fast].",
         ),
     ] = None,
     tail_convs: Annotated[
         int,
-        typer.Option(help="conv-denoising: stride-1 convs at 7x7 after the strided ones (0-4)."),
-    ] = 0,
+        typer.Option(
+            help="conv-denoising: stride-1 convs at 7x7 after the strided ones "
+            f"(0-{MAX_TAIL_CONVS})."
+        ),
+    ] = TrainConfig.tail_convs,
     noise: Annotated[
         float | None,
         typer.Option(
-            help="conv-denoising: std of the training noise on [0, 1] pixels "
-            "[0.1; 0 with --use-labels]."
+            help=f"conv-denoising: std of the training noise on [0, 1] pixels [{_noise_default()}]."
         ),
     ] = None,
     limit: Annotated[int | None, typer.Option(help="Use only the first N items.")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed (repeatable runs).")] = 0,
-    loss: Annotated[str, typer.Option(help="bce or mse.")] = "bce",
-    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 256,
+    seed: Annotated[int, typer.Option(help="Random seed (repeatable runs).")] = TrainConfig.seed,
+    loss: Annotated[str, typer.Option(help="bce or mse.")] = TrainConfig.loss,
+    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = TrainConfig.batch_size,
     index_type: Annotated[
         str,
         typer.Option(
@@ -142,13 +162,48 @@ def build_index_cmd(
         Path | None, typer.Option(help="Also write TensorBoard logs to this folder.")
     ] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing index.")] = False,
+    from_embeddings: Annotated[
+        Path | None,
+        typer.Option(
+            help="Index these embeddings (a folder from `simsearch embed`, or a Parquet file "
+            "from `simsearch export` with --model-from): no training, no images read."
+        ),
+    ] = None,
+    shards: Annotated[
+        int, typer.Option(min=1, help="With --from-embeddings: split the index into N shards.")
+    ] = 1,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            help="With --from-embeddings: build the shards on the Ray cluster at this address "
+            "(host:port, or auto)."
+        ),
+    ] = None,
     quiet: Quiet = False,
+    verbose: Verbose = False,
 ) -> None:
     """Train an autoencoder, embed the catalog and save a FAISS cosine index."""
+    _show_tensorflow_logs(verbose)
     with user_errors():
         from simsearch.build import BuildConfig, build_index
         from simsearch.progress import Reporter
-        from simsearch.training import TrainConfig
+
+        if from_embeddings is not None:
+            _refuse_catalog_options(catalog, split, limit, labels_from_folders, use_labels)
+            _build_from_embeddings(
+                from_embeddings,
+                _index_dir(index_dir),
+                model_from=model_from,
+                shards=shards,
+                index_type=index_type,
+                index_params=_index_params(hnsw_m, ef_search, nlist, nprobe, pq_m),
+                ray=ray,
+                force=force,
+                quiet=quiet,
+            )
+            return
+        if shards != 1 or ray is not None:
+            raise fail("--shards and --ray build from embeddings: add --from-embeddings EMB_DIR")
 
         config = BuildConfig(
             catalog=catalog,
@@ -183,6 +238,47 @@ def build_index_cmd(
         )
 
 
+def _show_tensorflow_logs(verbose: bool) -> None:
+    """--verbose: TensorFlow's start-up and C++ log lines, which are hidden otherwise
+    (``simsearch.models.import_keras``)."""
+    if verbose:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+
+
+def _refuse_catalog_options(
+    catalog: str, split: str, limit: int | None, labels_from_folders: bool, use_labels: bool
+) -> None:
+    given = [
+        name
+        for name, used in (
+            ("--catalog", catalog != "fashion-mnist"),
+            ("--split", split != "train"),
+            ("--limit", limit is not None),
+            ("--labels-from-folders", labels_from_folders),
+            ("--use-labels", use_labels),
+        )
+        if used
+    ]
+    if given:
+        raise fail(
+            f"--from-embeddings takes the catalog from the embeddings: drop {', '.join(given)}"
+        )
+
+
+def _build_from_embeddings(source: Path, target: Path, *, quiet: bool, **options: Any) -> None:
+    from simsearch.build import build_from_embeddings
+    from simsearch.progress import Reporter
+
+    index = build_from_embeddings(source, target, reporter=Reporter(quiet), **options)
+    searcher = index.manifest["index"]
+    shards = len(searcher.get("shards") or [1])
+    typer.echo(
+        f"built {target}: {len(index):,} items, {index.dim}-d embeddings from {source}, "
+        f"{searcher['type']} index in {shards} shard(s)"
+        + ("" if index.has_item_images else " (no item images)")
+    )
+
+
 def _index_params(
     hnsw_m: int | None,
     ef_search: int | None,
@@ -195,22 +291,118 @@ def _index_params(
 
 
 @app.command()
+def embed(
+    model_from: Annotated[
+        Path, typer.Option(help="The index whose (checksum-verified) encoder embeds the catalog.")
+    ],
+    out: Annotated[
+        Path, typer.Option(help="Embeddings folder to write (Parquet parts, manifest, encoder).")
+    ],
+    catalog: Annotated[
+        str,
+        typer.Option(
+            help="fashion-mnist, a folder of images (recursive), or a list of image paths "
+            "(a text file, one per line, or a Parquet file with a 'path' column)."
+        ),
+    ] = "fashion-mnist",
+    split: Annotated[str, typer.Option(help="Fashion-MNIST split: train, test or all.")] = (
+        "train"
+    ),
+    limit: Annotated[int | None, typer.Option(help="Use only the first N items.")] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            help="Run on the Ray cluster at this address (host:port, or auto: the one `ray "
+            "start` runs here); without it, in this process."
+        ),
+    ] = None,
+    actors: Annotated[
+        int | None,
+        typer.Option(min=1, help="With --ray: encoder actors [one per CPU of the cluster]."),
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Items per batch (and per Parquet part).")
+    ] = 8192,
+    images: Annotated[
+        bool,
+        typer.Option(
+            "--images/--no-images",
+            help="Keep each item's 28x28 model input (784 bytes) for the index's item images.",
+        ),
+    ] = True,
+    labels_from_folders: Annotated[
+        bool, typer.Option(help="Folder catalogs: first folder level is the label.")
+    ] = False,
+    data_dir: Annotated[
+        str | None, typer.Option(help="Folder with the Fashion-MNIST IDX files.")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing embeddings folder.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Embed a catalog with an index's encoder into Parquet (for build-index --from-embeddings
+    or any vector database); with --ray, on a Ray cluster."""
+    with user_errors():
+        from simsearch.embeddings import EmbedConfig
+        from simsearch.embeddings import embed as run_embed
+        from simsearch.progress import Reporter
+
+        config = EmbedConfig(
+            catalog=catalog,
+            split=split,
+            limit=limit,
+            data_dir=data_dir,
+            labels_from_folders=labels_from_folders,
+            batch_size=batch_size,
+            images=images,
+        )
+        result = run_embed(config, model_from, out, ray, actors, force, Reporter(quiet))
+        skipped = f", {len(result.skipped)} unreadable file(s) skipped" if result.skipped else ""
+        typer.echo(
+            f"embedded {result.count:,} items into {out} ({result.parts} part(s), "
+            f"{result.count / max(result.seconds, 1e-9):,.0f} images/s){skipped}"
+        )
+
+
+@app.command()
+def export(
+    out: Annotated[Path, typer.Option(help="Parquet file to write.")],
+    index_dir: IndexDir = None,
+    images: Annotated[
+        bool,
+        typer.Option("--images/--no-images", help="Add each item's 28x28 model input."),
+    ] = False,
+) -> None:
+    """Write an index's items and vectors as one Parquet file (id, label, label_name, source,
+    vector) for a vector database, or for build-index --from-embeddings."""
+    with user_errors():
+        from simsearch.parquet import export as run_export
+        from simsearch.search_index import SearchIndex
+
+        index = SearchIndex.load(_index_dir(index_dir))
+        rows = run_export(index, out, images=images)
+        typer.echo(f"wrote {out}: {rows:,} items, {index.dim}-d vectors")
+
+
+@app.command()
 def add(
     paths: Annotated[list[Path], typer.Argument(help="Image files or folders to add.")],
     index_dir: IndexDir = None,
     quiet: Quiet = False,
 ) -> None:
-    """Add images to an index without rebuilding it (ids: paths, relative to a folder catalog)."""
+    """Add images to an index without rebuilding it (ids: paths, relative to a folder catalog).
+
+    Unreadable files are skipped and listed (exit code 1 at the end); the others are added.
+    """
     with user_errors():
-        from simsearch.storage import locked
         from simsearch.updates import add_paths
 
-        directory = _index_dir(index_dir)
-        with locked(directory):
-            report = add_paths(directory, paths, quiet=quiet)
+        report = add_paths(_index_dir(index_dir), paths, quiet=quiet)
         for skipped in report.skipped:
-            typer.echo(f"error: {skipped}", err=True)
-        typer.echo(f"added {report.added} item(s); the index holds {report.count:,}")
+            typer.echo(f"error: {skipped['error']}", err=True)
+        summary = f"added {report.added} item(s); the index holds {report.count:,}"
+        if report.skipped:
+            summary += f"; skipped {len(report.skipped)} unreadable file(s)"
+        typer.echo(summary)
         if report.skipped:
             raise typer.Exit(1)
 
@@ -222,23 +414,58 @@ def remove(
 ) -> None:
     """Remove items by id (all or nothing: an unknown id removes none)."""
     with user_errors():
-        from simsearch.search_index import SearchIndex
-        from simsearch.storage import locked
+        from simsearch.updates import remove_ids
+
+        count = remove_ids(_index_dir(index_dir), ids)
+        typer.echo(f"removed {len(set(ids))} item(s); the index holds {count:,}")
+
+
+@app.command()
+def verify(index_dir: IndexDir = None) -> None:
+    """Check the manifest and every file of an index against its sha256 (exit 1 if any fails)."""
+    with user_errors():
+        from simsearch.storage import verify as verify_index
 
         directory = _index_dir(index_dir)
-        with locked(directory):
-            index = SearchIndex.load(directory)
-            index.remove(ids)
-            index.save(directory)
-        typer.echo(f"removed {len(set(ids))} item(s); the index holds {len(index):,}")
+        manifest, problems = verify_index(directory)
+        for problem in problems:
+            typer.echo(f"error: {_one_line(problem)}", err=True)
+        if problems:
+            raise fail(f"{directory}: {len(problems)} of {len(manifest['files'])} files fail")
+        total = sum(entry["bytes"] for entry in manifest["files"].values())
+        typer.echo(
+            f"ok: {directory}: manifest and {len(manifest['files'])} files verified "
+            f"({total:,} bytes, {manifest['count']:,} items)"
+        )
 
 
 @app.command()
 def query(
-    images: Annotated[list[str], typer.Argument(help="Image files to search with.")],
+    images: Annotated[
+        list[str] | None,
+        typer.Argument(help="Image files, or folders (searched recursively) to search with."),
+    ] = None,
     index_dir: IndexDir = None,
-    k: Annotated[int, typer.Option("-k", "--k", min=1, max=1000, help="Neighbours.")] = 10,
+    k: Annotated[int, typer.Option("-k", "--k", min=1, help="Neighbours (at most 1000).")] = 10,
+    label: Annotated[
+        list[str] | None,
+        typer.Option("--label", help="Only items of this class (name or id); repeatable."),
+    ] = None,
+    id_prefix: Annotated[
+        str | None, typer.Option(help="Only items whose id starts with this.")
+    ] = None,
+    min_similarity: Annotated[
+        float | None, typer.Option(help="Only hits at least this similar (-1 to 1).")
+    ] = None,
+    max_distance: Annotated[
+        float | None, typer.Option(help="Only hits at most this far (0 to 2).")
+    ] = None,
+    from_list: Annotated[
+        Path | None,
+        typer.Option(help="Also query the image paths in this file (one per line; '-' = stdin)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON Lines output.")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="CSV output, one row per hit.")] = False,
     grid: Annotated[
         Path | None,
         typer.Option(help="Also draw the results as a PNG grid, one block of lines per query."),
@@ -246,18 +473,23 @@ def query(
     explain: Annotated[
         Path | None,
         typer.Option(
-            "--explain",
-            help="Also draw what the preprocessing did as a PNG, one row per query: the image, "
-            "its background, the object and crop found, the 28x28 model input.",
+            help="Also draw what preprocessing did as a PNG, one row per query: the image, "
+            "the background found, the object and its crop, the 28x28 model input.",
         ),
     ] = None,
 ) -> None:
-    """Print the nearest catalog neighbours of each image."""
+    """Print the nearest catalog neighbours of each image (as each one is answered)."""
     with user_errors():
-        from simsearch import images as image_prep
-        from simsearch.errors import InvalidImageError
-        from simsearch.search_index import SearchIndex
+        import numpy as np
 
+        from simsearch.errors import InvalidImageError
+        from simsearch.search_index import MAX_K, SearchIndex
+
+        if as_json and as_csv:
+            raise typer.BadParameter("choose one of --json and --csv")
+        if k > MAX_K:
+            raise typer.BadParameter(f"-k must be at most {MAX_K}, got {k}")
+        names = _query_names(images or [], from_list)
         if grid is not None or explain is not None:
             from simsearch import figures
 
@@ -265,62 +497,125 @@ def query(
                 if out is not None:
                     figures.check_writable(out)  # fail before any work
         index = SearchIndex.load(_index_dir(index_dir))
+        filters: dict[str, Any] = {"labels": label or None, "id_prefix": id_prefix}
+        filters |= {"min_similarity": min_similarity, "max_distance": max_distance}
+        index.search(np.zeros((0, index.dim), np.float32), 1, **filters)  # checks the filters
+        output = _Output("json" if as_json else "csv" if as_csv else "table")
         failed = False
         rows = []
         explained = []
-        for name in images:  # one at a time: a bad image must not stop the others
+        for name in names:  # one at a time: a bad image must not stop the others
             try:
-                pixels, steps = image_prep.explain(name)
-                hits = index.query_pixels(pixels[None], k)[0]
+                answer = index.query_detail(name, k, explain=explain is not None, **filters)
             except InvalidImageError as exc:
                 failed = True
-                _print_error(name, _one_line(str(exc)), as_json)
+                output.error(name, _one_line(str(exc)))
                 continue
-            _print_hits(name, hits, as_json, first=name == images[0])
+            output.hits(name, answer.hits)
             if grid is not None:
-                rows.append(figures.query_row(index, name, name, pixels, hits))
+                rows.append(figures.query_row(index, name, name, answer.pixels, answer.hits))
             if explain is not None:
-                from simsearch.explain import ExplainRow
-
-                explained.append(ExplainRow(name, pixels, steps))
+                explained.append(figures.ExplainRow(name, answer.pixels, answer.steps))
         if grid is not None and rows:
             figures.query_grid(rows, grid)
             typer.echo(f"wrote {grid}", err=True)  # stdout carries only results
         if explain is not None and explained:
-            from simsearch.explain import draw_explain
-
-            draw_explain(explained, explain)
+            figures.draw_explain(explained, explain)
             typer.echo(f"wrote {explain}", err=True)
         if failed:
             raise typer.Exit(1)
 
 
-def _print_error(name: str, message: str, as_json: bool) -> None:
-    if as_json:
-        typer.echo(json.dumps({"query": name, "error": message}))
-    typer.echo(f"error: {message}", err=True)
+def _query_names(images: list[str], from_list: Path | None) -> Iterator[str]:
+    """The query images: files as given, folders expanded (recursively, sorted), then the
+    paths listed in ``from_list`` (blank lines and ``#`` comments skipped). Checks the
+    arguments now; reads folders and the list as the queries are answered."""
+    from simsearch.catalog import image_files
+    from simsearch.errors import ConfigError
+
+    if not images and from_list is None:
+        raise typer.BadParameter("give image files or folders (or --from-list FILE)")
+    if from_list is not None and str(from_list) != "-" and not from_list.is_file():
+        raise ConfigError(f"--from-list {from_list}: no such file")
+
+    def names() -> Iterator[str]:
+        for name in images:
+            if Path(name).is_dir():
+                found = image_files(Path(name))
+                if not found:
+                    raise ConfigError(f"no image files under {name}")
+                yield from (str(path) for path in found)
+            else:
+                yield name
+        if from_list is not None:
+            stdin = str(from_list) == "-"
+            lines = sys.stdin if stdin else open(from_list, encoding="utf-8")  # noqa: SIM115
+            try:
+                for line in lines:
+                    line = line.strip()
+                    if line and not line.startswith("#"):
+                        yield line
+            finally:
+                if not stdin:
+                    lines.close()
+
+    return names()
 
 
-def _print_hits(name: str, hits: list[Hit], as_json: bool, first: bool) -> None:
-    if as_json:
-        results = [
-            hit.to_dict()
-            | {"similarity": round(hit.similarity, 6), "distance": round(hit.distance, 6)}
-            for hit in hits
-        ]
-        typer.echo(json.dumps({"query": name, "results": results}))
-        return
-    if not first:
-        typer.echo("")
-    typer.echo(f"query: {name}")
-    width = max([len(hit.id) for hit in hits] + [2])
-    typer.echo(f"{'rank':>4}  {'id':<{width}}  {'label':<12}  {'similarity':>10}  {'distance':>8}")
-    for hit in hits:
-        label = hit.label_name or ("-" if hit.label is None else str(hit.label))
+class _Output:
+    """Results as they come: a table per query, JSON Lines, or CSV rows (one per hit)."""
+
+    CSV_FIELDS = ("query", "rank", "id", "label", "label_name", "similarity", "distance", "source")
+
+    def __init__(self, style: str) -> None:
+        self.style = style
+        self.first = True
+        self.csv: Any = None
+        if style == "csv":
+            import csv
+
+            self.csv = csv.writer(sys.stdout, lineterminator="\n")
+            self.csv.writerow(self.CSV_FIELDS)
+
+    def error(self, name: str, message: str) -> None:
+        if self.style == "json":
+            typer.echo(json.dumps({"query": name, "error": message}))
+        typer.echo(f"error: {message}", err=True)
+
+    def hits(self, name: str, hits: list[Hit]) -> None:
+        if self.style == "json":
+            record = {"query": name, "results": [hit.to_dict() for hit in hits]}
+            typer.echo(json.dumps(record))
+        elif self.style == "csv":
+            for hit in hits:
+                fields = hit.to_dict()
+                self.csv.writerow([name, *(_csv_value(fields[f]) for f in self.CSV_FIELDS[1:])])
+            sys.stdout.flush()
+        else:
+            self._table(name, hits)
+        self.first = False
+
+    def _table(self, name: str, hits: list[Hit]) -> None:
+        if not self.first:
+            typer.echo("")
+        typer.echo(f"query: {name}")
+        if not hits:
+            typer.echo("no hits (nothing passes the filters and thresholds)")
+            return
+        width = max([len(hit.id) for hit in hits] + [2])
         typer.echo(
-            f"{hit.rank:>4}  {hit.id:<{width}}  {label:<12}  {hit.similarity:>10.4f}  "
-            f"{hit.distance:>8.4f}"
+            f"{'rank':>4}  {'id':<{width}}  {'label':<12}  {'similarity':>10}  {'distance':>8}"
         )
+        for hit in hits:
+            label = hit.label_name or ("-" if hit.label is None else str(hit.label))
+            typer.echo(
+                f"{hit.rank:>4}  {hit.id:<{width}}  {label:<12}  {hit.similarity:>10.4f}  "
+                f"{hit.distance:>8.4f}"
+            )
+
+
+def _csv_value(value: Any) -> Any:
+    return "" if value is None else value
 
 
 @app.command()
@@ -398,8 +693,10 @@ def reconstruct(
     ] = False,
     seed: Annotated[int, typer.Option(help="Random seed (which items).")] = 0,
     quiet: Quiet = False,
+    verbose: Verbose = False,
 ) -> None:
     """Draw catalog items and the model's reconstructions of them (MSE per row on stderr)."""
+    _show_tensorflow_logs(verbose)
     with user_errors():
         from simsearch import figures
         from simsearch.progress import Reporter
@@ -427,18 +724,102 @@ def serve(
     max_upload_mb: Annotated[
         float, typer.Option(min=0.001, help="Largest accepted image upload, in MiB.")
     ] = 16,
+    upload_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds an upload may take to arrive (else 408).")
+    ] = 60,
+    max_uploads: Annotated[
+        int, typer.Option(min=1, help="Uploads in progress at once per worker (else 503).")
+    ] = 32,
+    search_threads: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Uploads decoded and searched at once per worker [default: CPUs, at least 2].",
+            show_default=False,
+        ),
+    ] = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A Host name to answer besides localhost, 127.0.0.1, [::1] and the bound "
+            "address (repeatable); '*' answers any, only behind a trusted reverse proxy.",
+            show_default=False,
+        ),
+    ] = None,
+    root_path: Annotated[
+        str, typer.Option(help="Path prefix a reverse proxy serves the app under (/simsearch).")
+    ] = "",
+    forwarded_allow_ips: Annotated[
+        str | None,
+        typer.Option(
+            help="Proxies whose X-Forwarded-For/-Proto are trusted "
+            "[default: $FORWARDED_ALLOW_IPS or 127.0.0.1].",
+            show_default=False,
+        ),
+    ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ADDRESS",
+            help="Serve on the Ray cluster at ADDRESS (host:port, or auto: the one started here "
+            "with `ray start`) with Ray Serve: replicas of the app, or one deployment per shard "
+            "of a sharded index.",
+            show_default=False,
+        ),
+    ] = None,
+    replicas: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="With --ray: copies of the app (and of each shard) [default: 1].",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve the web page and the HTTP API (docs at /docs) until Ctrl-C."""
     with user_errors():
-        from simsearch.errors import MissingDependencyError
+        from simsearch.errors import ConfigError, MissingDependencyError
 
+        if ray is None and replicas is not None:
+            raise ConfigError("--replicas needs --ray (on one machine use --workers)")
+        if ray is not None and (workers != 1 or forwarded_allow_ips is not None):
+            raise ConfigError("--workers and --forwarded-allow-ips do not apply with --ray")
         try:
             from simsearch.server import serve as run_server
         except ModuleNotFoundError as exc:
             raise MissingDependencyError(
                 f"serve needs {exc.name}: pip install 'simsearch[serve]'"
             ) from None
-        run_server(_index_dir(index_dir), host, port, workers, int(max_upload_mb * 1024 * 1024))
+        if ray is not None:
+            from simsearch import ray_serve
+
+            ray_serve.run(
+                _index_dir(index_dir),
+                ray,
+                replicas or 1,
+                host,
+                port,
+                allowed_hosts=allowed_host or (),
+                root_path=root_path.rstrip("/"),
+                max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+                upload_timeout=upload_timeout,
+                max_uploads=max_uploads,
+                search_threads=search_threads,
+            )
+            return
+        run_server(
+            _index_dir(index_dir),
+            host,
+            port,
+            workers,
+            int(max_upload_mb * 1024 * 1024),
+            allowed_hosts=allowed_host or (),
+            upload_timeout=upload_timeout,
+            max_uploads=max_uploads,
+            search_threads=search_threads,
+            root_path=root_path.rstrip("/"),
+            forwarded_allow_ips=forwarded_allow_ips,
+        )
 
 
 @app.command()
@@ -465,6 +846,90 @@ def evaluate(
         typer.echo(json.dumps(result) if as_json else format_report(result))
 
 
+@app.command()
+def duplicates(
+    index_dir: IndexDir = None,
+    against: Annotated[
+        Path | None,
+        typer.Option(
+            help="A folder of images (recursive), an image file or another index (same model): "
+            "list its items that duplicate index items, under the index item."
+        ),
+    ] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(help="Least cosine similarity of two near-duplicates, -1 to 1 [0.997]."),
+    ] = None,
+    exact: Annotated[
+        bool,
+        typer.Option("--exact", help="Exact neighbour search (slower on HNSW and IVF indexes)."),
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="JSON Lines, one group per line.")
+    ] = False,
+    sheet: Annotated[
+        Path | None, typer.Option(help="Also draw the first groups as a PNG contact sheet.")
+    ] = None,
+    sheet_groups: Annotated[
+        int | None, typer.Option(min=1, help="Groups drawn on the sheet [20].")
+    ] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Near-duplicate groups: every two members at least --threshold similar (largest first)."""
+    with user_errors():
+        from simsearch.duplicates import check_threshold, draw_sheet
+        from simsearch.progress import Reporter
+        from simsearch.search_index import SearchIndex
+
+        threshold = check_threshold(threshold)  # fail before any work
+        if sheet is not None:
+            from simsearch.figures.sheets import check_writable
+
+            check_writable(sheet)
+        index = SearchIndex.load(_index_dir(index_dir))
+        if sheet is not None:
+            index.images  # noqa: B018  (an index without images fails now, not after the search)
+        result = index.duplicates(threshold, against=against, exact=exact, reporter=Reporter(quiet))
+        for skipped in result.skipped:
+            typer.echo(f"skipped {skipped['path']}: {skipped['error']}", err=True)
+        if as_json:
+            for group in result.groups:
+                typer.echo(json.dumps(group.to_dict()))
+        else:
+            _duplicates_table(result.groups)
+        members = sum(len(group.ids) for group in result.groups)
+        compared = f"{result.items:,} items" + (
+            f" and {result.against_items:,} from {against}" if against is not None else ""
+        )
+        typer.echo(
+            f"{len(result.groups):,} group(s), {members:,} items, at similarity >= "
+            f"{result.threshold:g} among {compared} ({result.seconds:.1f} s)",
+            err=True,
+        )
+        if sheet is not None and result.groups:
+            draw_sheet(result, sheet, sheet_groups)
+            typer.echo(f"wrote {sheet}", err=True)
+        elif sheet is not None:
+            typer.echo(f"no groups: {sheet} not written", err=True)
+
+
+def _duplicates_table(groups: list[DuplicateGroup]) -> None:
+    if not groups:
+        typer.echo("no near-duplicates")
+        return
+    against = groups[0].origins is not None
+    typer.echo(f"{'group':>5}  {'similarity':>10}  " + ("from     " if against else "") + "id")
+    for group in groups:
+        origins = group.origins or ("",) * len(group.ids)
+        for position, (item_id, similarity, origin) in enumerate(
+            zip(group.ids, group.similarities, origins, strict=True)
+        ):
+            number = str(group.group) if position == 0 else ""
+            value = "first" if position == 0 else f"{similarity:.5f}"
+            where = f"{origin:<7}  " if against else ""
+            typer.echo(f"{number:>5}  {value:>10}  {where}{item_id}")
+
+
 def _describe(directory: Path, m: dict[str, Any]) -> list[str]:
     model, catalog, index = m["model"], m.get("catalog", {}), m["index"]
     params = ", ".join(f"{k}={v}" for k, v in index.get("params", {}).items()) or "exact search"
@@ -484,6 +949,7 @@ def _describe(directory: Path, m: dict[str, Any]) -> list[str]:
             if index.get("tombstones")
             else ""
         ),
+        *_shards_line(index),
         f"created      {m.get('created_at')}"
         + (f", updated {m['updated_at']}" if m.get("updated_at") else ""),
         "versions     " + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items() if v),
@@ -495,8 +961,11 @@ def _describe(directory: Path, m: dict[str, Any]) -> list[str]:
     return lines
 
 
-def main() -> None:  # pragma: no cover - console entry point alias
-    app()
+def _shards_line(index: dict[str, Any]) -> list[str]:
+    sizes = index.get("shards")
+    if not sizes:
+        return []
+    return [f"shards       {len(sizes)} ({', '.join(f'{n:,}' for n in sizes)} items)"]
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,6 +1,6 @@
 """Fashion-MNIST from its four original IDX files.
 
-Lookup order (first hit wins), as fixed in the contract:
+Lookup order (first hit wins):
 1. an explicit ``data_dir`` (``--data-dir``) or the environment variable ``SIMSEARCH_DATA_DIR``
 2. the Keras cache ``~/.keras/datasets/fashion-mnist/``
 3. ``/usr/share/datasets/fashion-mnist/`` (Debian/Ubuntu package ``dataset-fashion-mnist``)

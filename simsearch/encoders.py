@@ -8,96 +8,111 @@ unit vectors the cosine index stores.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from simsearch.errors import IndexCorruptError
-
-BATCH = 1024
-SMALL_BATCH = 64  # up to this many images, encode on one thread
+from simsearch.parallel import check_threads, chunks, map_in_order
 
 
 class Encoder(Protocol):
     dim: int
+    data: bytes  # the encoder file's content
+    # True: each encode() call runs on one thread, so a batch goes in chunks to worker threads;
+    # False: encode() threads a whole batch itself (numpy's BLAS), give it the batch at once.
+    in_chunks: bool
 
-    def encode(self, images: np.ndarray) -> np.ndarray:
-        """(n, 28, 28) uint8 -> (n, dim) float32 raw codes (not normalised)."""
+    def encode(self, images: np.ndarray, threads: int | None = None) -> np.ndarray:
+        """(n, 28, 28) uint8 -> (n, dim) float32 raw codes (not normalised), on up to
+        ``threads`` threads (None: every core)."""
         ...
 
 
 class OnnxEncoder:
     """An exported Keras encoder run with ONNX Runtime.
 
-    Two sessions: a single-threaded one for a few images (a query: thread hand-offs would cost
-    more than the work) and, created on first use, a multi-threaded one for large batches.
+    One single-threaded session: a query's few images are encoded in the calling thread
+    (handing work to other threads would cost more than the work), a large batch in chunks on
+    several threads at once (``simsearch.parallel``), which share the session. ``threads``:
+    how many when a call does not say (None: every core; 1: a worker that owns one core).
     """
 
-    def __init__(self, path: Path) -> None:
+    in_chunks = True
+
+    def __init__(self, path: Path, data: bytes | None = None, threads: int | None = None) -> None:
         self.path = path
-        self.session = self._session(threads=1)
-        self._batch_session: Any = None
+        self.threads = threads
+        # The model is held in memory, so nothing reopens a file that a newer version of the
+        # index may have removed meanwhile.
+        self.data = path.read_bytes() if data is None else data
+        self.session = self._session()
         self.input_name = self.session.get_inputs()[0].name
         shape = self.session.get_outputs()[0].shape
         if len(shape) != 2 or not isinstance(shape[1], int):
             raise IndexCorruptError(f"{path}: encoder output shape {shape} is not (n, d)")
         self.dim = int(shape[1])
 
-    def _session(self, threads: int) -> Any:
+    def _session(self) -> Any:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        options.intra_op_num_threads = threads
-        # No busy-waiting: on a shared machine spinning threads steal the cores they wait for.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
         try:
-            return ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+            return ort.InferenceSession(self.data, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise IndexCorruptError(f"{self.path}: not a loadable ONNX model ({exc})") from None
 
-    def encode(self, images: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(images, dtype=np.float32).reshape(-1, 28, 28)
-        session = self.session
-        if len(x) > SMALL_BATCH:
-            if self._batch_session is None:
-                self._batch_session = self._session(threads=0)  # 0 = one per core
-            session = self._batch_session
-        out = [
-            session.run(None, {self.input_name: x[i : i + BATCH]})[0]
-            for i in range(0, len(x), BATCH)
-        ]
-        if not out:
-            return np.zeros((0, self.dim), np.float32)
-        return np.concatenate(out).astype(np.float32, copy=False)
+    def encode(self, images: np.ndarray, threads: int | None = None) -> np.ndarray:
+        images = np.asarray(images).reshape(-1, 28, 28)
+        threads = check_threads(self.threads if threads is None else threads)
+        parts = chunks(len(images), threads)
+        out = np.empty((len(images), self.dim), np.float32)
+        codes = map_in_order(self._run, [images[part] for part in parts], threads)
+        for part, part_codes in zip(parts, codes, strict=True):
+            out[part] = part_codes
+        return out
+
+    def _run(self, images: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(images, dtype=np.float32)
+        return np.asarray(self.session.run(None, {self.input_name: x})[0], np.float32)
 
 
 class LinearEncoder:
     """PCA projection: codes = (pixels / 255 - mean) @ components."""
 
-    def __init__(self, path: Path) -> None:
+    in_chunks = False  # BLAS threads called from several threads at once spin against each other
+
+    def __init__(self, path: Path, data: bytes | None = None) -> None:
+        self.path = path
+        self.data = path.read_bytes() if data is None else data
         try:
-            with np.load(path, allow_pickle=False) as data:
-                self.mean = data["mean"].astype(np.float32)
-                self.components = data["components"].astype(np.float32)
+            with np.load(io.BytesIO(self.data), allow_pickle=False) as arrays:
+                self.mean = arrays["mean"].astype(np.float32)
+                self.components = arrays["components"].astype(np.float32)
         except Exception as exc:
             raise IndexCorruptError(f"{path}: not a readable PCA encoder ({exc})") from None
         if self.mean.shape != (784,) or self.components.shape[0] != 784:
             raise IndexCorruptError(f"{path}: PCA encoder has wrong shapes")
         self.dim = int(self.components.shape[1])
 
-    def encode(self, images: np.ndarray) -> np.ndarray:
+    def encode(self, images: np.ndarray, threads: int | None = None) -> np.ndarray:
+        # One matrix product: numpy's BLAS threads it.
         x = np.asarray(images, dtype=np.float32).reshape(-1, 784) / 255.0
         return (x - self.mean) @ self.components
 
 
-def load_encoder(path: Path) -> Encoder:
-    """The encoder stored at ``path`` (by suffix: .onnx or .npz)."""
+def load_encoder(path: Path, data: bytes | None = None, threads: int | None = None) -> Encoder:
+    """The encoder stored at ``path`` (by suffix: .onnx or .npz); ``data``: its bytes, when the
+    caller has read them already; ``threads``: for batches (None: every core)."""
     if path.suffix == ".onnx":
-        return OnnxEncoder(path)
+        return OnnxEncoder(path, data, threads)
     if path.suffix == ".npz":
-        return LinearEncoder(path)
+        return LinearEncoder(path, data)
     raise IndexCorruptError(f"{path}: unknown encoder format {path.suffix!r}")
 
 

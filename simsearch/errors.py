@@ -32,6 +32,16 @@ class IncompatibleIndexError(SimsearchError):
     """An index written by an unsupported format version or with a mismatching configuration."""
 
 
+class IndexChangedError(SimsearchError):
+    """The index on disk changed since it was loaded (another writer saved it): saving would
+    lose that change. Load it again and redo the change."""
+
+
+class IndexWriteError(SimsearchError, OSError):
+    """An index directory that cannot be written (read-only, disk full, ...); the index on disk
+    is unchanged."""
+
+
 class IndexExistsError(SimsearchError, FileExistsError):
     """Refusing to overwrite an existing index without --force."""
 
@@ -45,6 +55,11 @@ class ItemNotFoundError(SimsearchError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else "item not found"
+
+
+class UnavailableError(SimsearchError):
+    """A part of a distributed index that does not answer now (a shard restarting, its node
+    gone, its file unreadable there): nothing partial is returned; retry in a moment."""
 
 
 class ConfigError(SimsearchError, ValueError):
@@ -61,3 +76,7 @@ class MissingDependencyError(SimsearchError, ImportError):
 
 class OutputError(SimsearchError, OSError):
     """An output file (a figure, an exported image) that cannot be written."""
+
+
+class ClusterError(SimsearchError, ConnectionError):
+    """A Ray cluster that cannot be reached, or a distributed job that failed on it."""

@@ -1,4 +1,4 @@
-"""Retrieval quality under the contract's evaluation protocol, next to pixel and PCA baselines.
+"""Retrieval quality under the evaluation protocol, next to pixel and PCA baselines.
 
 Protocol
 --------
@@ -68,7 +68,7 @@ def evaluate(
     *,
     baselines: bool = True,
 ) -> dict[str, Any]:
-    """Score ``index`` with the contract's protocol; returns the JSON-ready result.
+    """Score ``index`` with the evaluation protocol; returns the JSON-ready result.
 
     ``limit`` keeps the first N test queries. ``baselines=False`` skips the raw-pixel and PCA
     baselines (``"baselines": {}``), e.g. when comparing several models over one catalog.

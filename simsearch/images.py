@@ -130,7 +130,7 @@ _TILT_GAIN = 1.1  # ... and so are those whose silhouette is not this much strai
 
 @dataclass(frozen=True)
 class Steps:
-    """What :func:`preprocess` did with one image, to show it (``simsearch.explain``).
+    """What :func:`preprocess` did with one image, to show it (``simsearch.figures.explain``).
 
     Images are the analysed image: the input reduced to about 256 px, EXIF-oriented,
     transparency flattened.

@@ -6,51 +6,39 @@ themselves (a ``Rescaling`` layer), so no caller can forget it; they return (n, 
 float32 codes. Training-only layers (noise, shifts) sit in front of the encoder, never in it,
 so the exported encoder is deterministic.
 
+:func:`build_model` builds each kind of ``simsearch.recipes.RECIPES``. Other architectures (the
+research variants in ``scripts/research/``) are built from the public parts here
+(:func:`conv_encoder`, :func:`mlp_decoder`, :func:`corruption`, :func:`denoising_autoencoder`)
+and handed to ``simsearch.training.train`` as its ``builder``.
+
 TensorFlow/Keras are imported inside the functions: importing this module is free.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from simsearch.errors import ConfigError
+from simsearch.errors import MissingDependencyError
+from simsearch.recipes import Corruption, recipe
 
-MODEL_KINDS: dict[str, str] = {
-    "pca": "PCA of the pixels (the optimal linear autoencoder); no TensorFlow, trains in seconds",
-    "dense": "dense autoencoder 784-512-128-D-128-512-784",
-    "deep": "deep dense autoencoder 784-1024-512-256-128-D and mirror",
-    "conv": "convolutional autoencoder: strided Conv2D + BN encoder, Conv2DTranspose decoder",
-    "denoising": "dense autoencoder trained to remove Gaussian noise and 1-2 px shifts",
-    "sparse": "dense autoencoder with an L1 activity penalty on the code",
-    "conv-denoising": "convolutional denoising autoencoder (the default): Conv2D+BN encoder "
-    "trained to reconstruct the clean image from shifted (+-2 px), flipped, zoomed (+-10%), noisy "
-    "and brightness-jittered (x0.6-1.4) inputs; code = mean of the image's and its mirror "
-    "image's, half-whitened",
-    "vae": "variational autoencoder 784-512-128-(mean, log-variance D)-128-512-784; loss = "
-    "reconstruction + KL(q(z|x) || N(0, I)) / 784; the embedding is the mean of q(z|x)",
-}
-DEFAULT_MODEL = "conv-denoising"
-# Eigenvalue power of the PCA-whitening folded into the exported encoder, per kind (0 = none).
-# 0.25 ("half-whitening") was chosen on the validation slice for conv-denoising: +1.1 P@10.
-DEFAULT_WHITEN: dict[str, float] = {"conv-denoising": 0.25}
-# Kinds whose exported encoder averages the codes of an image and its mirror image
-# (mirror_averaged): those trained on randomly flipped inputs, whose codes nearly agree anyway.
-MIRROR_AVERAGED: frozenset[str] = frozenset({"conv-denoising"})
-# Std (on [0, 1] pixels) of the Gaussian noise in conv-denoising's training corruption, without
-# and with --use-labels. Without labels it makes no measurable difference to P@10 (0.852 with,
-# 0.853 without); with labels it capped P@10 below 0.90 (0.909 without it; README).
-DENOISING_NOISE = 0.1
-LABELS_NOISE = 0.0
+# The encoder's stack of 3x3 Conv2D+BN+ReLU layers, as (filters, stride): 28 -> 14 -> 7 px.
+CONV_STACK: tuple[tuple[int, int], ...] = ((32, 2), (64, 2))
+HIDDEN = 256  # the Dense layer between the conv stack and the code
 
 
 @dataclass
 class Autoencoder:
     """A trainable autoencoder (input pixels [0, 255] -> reconstruction [0, 1]) and its encoder."""
 
-    autoencoder: Any  # keras.Model
+    autoencoder: Any  # keras.Model: what training fits (without labels)
     encoder: Any  # keras.Model
     decoder: Any  # keras.Model
     corrupt: Any = None  # keras.Model pixels -> corrupted pixels (training only), or None
@@ -59,12 +47,13 @@ class Autoencoder:
 def build_model(
     kind: str, code_size: int, tail_convs: int = 0, noise: float | None = None
 ) -> Autoencoder:
-    """Build an untrained autoencoder of the given kind (see MODEL_KINDS) and code size;
-    ``tail_convs`` and ``noise`` (None = DENOISING_NOISE): conv-denoising's (_conv_denoising;
-    TrainConfig.validate refuses them for other kinds)."""
-    noise = DENOISING_NOISE if noise is None else noise
-    if code_size < 2 or code_size > 1024:
-        raise ConfigError(f"--code-size must be between 2 and 1024, got {code_size}")
+    """Build an untrained autoencoder of the given kind (``simsearch.recipes.RECIPES``).
+
+    ``tail_convs`` and ``noise`` (None = the recipe's) are conv-denoising's; TrainConfig.validate
+    refuses them for the other kinds. ``simsearch.training.train`` calls this unless it is given
+    another builder (a research variant, say). Raises ConfigError for an unknown kind.
+    """
+    recipe(kind)
     builders = {
         "dense": lambda: _dense(code_size, (512, 128)),
         "deep": lambda: _dense(code_size, (1024, 512, 256, 128)),
@@ -72,11 +61,74 @@ def build_model(
         "denoising": lambda: _dense(code_size, (512, 128), noise=0.2, shift=2 / 28),
         "sparse": lambda: _dense(code_size, (512, 128), l1=1e-4),
         "vae": lambda: _vae(code_size, (512, 128)),
-        "conv-denoising": lambda: _conv_denoising(code_size, tail_convs=tail_convs, noise=noise),
+        "conv-denoising": lambda: conv_denoising(code_size, tail_convs, _corruption(kind, noise)),
     }
-    if kind not in builders:
-        raise ConfigError(f"unknown --model {kind!r}; choose one of {', '.join(MODEL_KINDS)}")
+    if kind not in builders:  # pca has a recipe but no network
+        raise ValueError(f"{kind} is not an autoencoder")
     return builders[kind]()
+
+
+def _corruption(kind: str, noise: float | None) -> Corruption:
+    """The kind's training corruption, with ``noise`` when given."""
+    spec = recipe(kind).corruption
+    if spec is None:
+        raise ValueError(f"{kind} trains without a corruption")
+    return spec if noise is None else replace(spec, noise=noise)
+
+
+def import_keras() -> Any:
+    """``keras`` (and TensorFlow behind it), imported without TensorFlow's start-up lines.
+
+    TensorFlow's C++ libraries print a oneDNN notice and absl's "All log messages before
+    absl::InitializeLog()" warning (each twice) while they load, before ``TF_CPP_MIN_LOG_LEVEL``
+    is read, so no setting hides them: the import runs with the process's stderr captured, and
+    everything else written meanwhile is passed on. They are shown when ``TF_CPP_MIN_LOG_LEVEL``
+    is 0 (``--verbose``); when it is unset it becomes 3, which hides TensorFlow's later C++ logs.
+    Raises MissingDependencyError (one line naming the ``train`` extra) when they are not
+    installed: the query path and PCA indexes never need them.
+    """
+    level = os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        if level == "0" or "keras" in sys.modules:
+            import keras
+
+            return keras
+        with _startup_lines_hidden():
+            import keras
+    except ModuleNotFoundError as exc:
+        raise MissingDependencyError(
+            f"training an autoencoder needs TensorFlow and Keras ({exc.name or 'keras'} is not "
+            "installed): pip install 'simsearch[train]', or build with --model pca"
+        ) from None
+    return keras
+
+
+STARTUP_NOISE = (
+    "WARNING: All log messages before absl::InitializeLog() is called",
+    "oneDNN custom operations are on",
+)
+
+
+@contextmanager
+def _startup_lines_hidden() -> Iterator[None]:
+    """Capture file descriptor 2 while the block runs; then write back what it caught except
+    the lines that contain one of STARTUP_NOISE."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            lines = caught.read().decode(errors="replace").splitlines(keepends=True)
+            kept = [line for line in lines if not any(n in line for n in STARTUP_NOISE)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
 
 
 def _assemble(
@@ -108,7 +160,7 @@ def _assemble(
     return Autoencoder(keras.Model(inputs, outputs, name="autoencoder"), encoder, decoder)
 
 
-def _mlp_decoder(code_size: int, hidden: tuple[int, ...]) -> Any:
+def mlp_decoder(code_size: int, hidden: Sequence[int]) -> Any:
     """code -> ReLU Dense layers of widths ``hidden`` -> 28x28 sigmoid pixels in [0, 1]."""
     import keras
 
@@ -120,9 +172,32 @@ def _mlp_decoder(code_size: int, hidden: tuple[int, ...]) -> Any:
     return keras.Model(code_in, keras.layers.Reshape((28, 28))(y), name="decoder")
 
 
-def _dense(
-    code_size: int, hidden: tuple[int, ...], noise: float = 0.0, shift: float = 0.0, l1: float = 0.0
-) -> Autoencoder:
+def conv_encoder(
+    code_size: int, convs: Sequence[tuple[int, int]], hidden: int | None = None
+) -> Any:
+    """pixels [0, 255] -> code: 3x3 Conv2D+BN+ReLU layers given as (filters, stride), then
+    (when ``hidden``) a Dense+BN+ReLU layer of that width, then the linear code."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((28, 28), dtype="float32", name="pixels")
+    x = layers.Rescaling(1.0 / 255.0)(inputs)
+    x = layers.Reshape((28, 28, 1))(x)
+    for filters, stride in convs:
+        x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.ReLU()(x)
+    x = layers.Flatten()(x)
+    if hidden:
+        x = layers.Dense(hidden, use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.ReLU()(x)
+    code = layers.Dense(code_size, name="code")(x)
+    return keras.Model(inputs, code, name="encoder")
+
+
+def _dense_trunk(hidden: tuple[int, ...]) -> tuple[Any, Any]:
+    """pixels [0, 255] -> ReLU Dense layers of widths ``hidden``: (the input, the last layer)."""
     import keras
 
     inputs = keras.Input((28, 28), dtype="float32", name="pixels")
@@ -130,27 +205,26 @@ def _dense(
     x = keras.layers.Flatten()(x)
     for width in hidden:
         x = keras.layers.Dense(width, activation="relu")(x)
+    return inputs, x
+
+
+def _dense(
+    code_size: int, hidden: tuple[int, ...], noise: float = 0.0, shift: float = 0.0, l1: float = 0.0
+) -> Autoencoder:
+    import keras
+
+    inputs, x = _dense_trunk(hidden)
     code = keras.layers.Dense(code_size, name="code")(x)
     encoder = keras.Model(inputs, code, name="encoder")
 
-    decoder = _mlp_decoder(code_size, tuple(reversed(hidden)))
+    decoder = mlp_decoder(code_size, tuple(reversed(hidden)))
     return _assemble(encoder, decoder, noise=noise, shift=shift, l1=l1)
 
 
 def _conv(code_size: int) -> Autoencoder:
     import keras
 
-    inputs = keras.Input((28, 28), dtype="float32", name="pixels")
-    x = keras.layers.Rescaling(1.0 / 255.0)(inputs)
-    x = keras.layers.Reshape((28, 28, 1))(x)
-    for filters in (32, 64):  # 28 -> 14 -> 7
-        x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False)(x)
-        x = keras.layers.BatchNormalization()(x)
-        x = keras.layers.ReLU()(x)
-    x = keras.layers.Flatten()(x)
-    code = keras.layers.Dense(code_size, name="code")(x)
-    encoder = keras.Model(inputs, code, name="encoder")
-
+    encoder = conv_encoder(code_size, CONV_STACK)
     code_in = keras.Input((code_size,), name="code")
     y = keras.layers.Dense(7 * 7 * 64, activation="relu")(code_in)
     y = keras.layers.Reshape((7, 7, 64))(y)
@@ -160,134 +234,48 @@ def _conv(code_size: int) -> Autoencoder:
     return _assemble(encoder, decoder)
 
 
-def _conv_denoising(
-    code_size: int,
-    width: int = 32,
-    hidden: int = 256,
-    shift: int = 2,
-    extra_corruption: Any = None,
-    double: bool = False,
-    gain: tuple[float, float] | None = (0.6, 1.4),
-    zoom: float = 0.1,
-    tail_convs: int = 0,
-    noise: float = DENOISING_NOISE,
-) -> Autoencoder:
-    """Conv2D+BN encoder, MLP decoder; inputs shifted (up to ``shift`` px), flipped, zoomed
-    (+-``zoom``), noised (``noise``, std on [0, 1]) and brightness-jittered (a random ``gain``)
-    in training only.
-    ``extra_corruption``: a Keras layer applied after those (research variants, e.g. random
-    erasing), on pixels in [0, 1]. ``double``: a stride-1 3x3 conv before each strided one
-    (research); ``tail_convs``: that many stride-1 3x3 convs after them, at 7x7."""
+def conv_denoising(code_size: int, tail_convs: int, spec: Corruption) -> Autoencoder:
+    """The default kind: a Conv2D+BN encoder (CONV_STACK, then ``tail_convs`` stride-1 convs at
+    7x7, then a HIDDEN-wide Dense layer) and an MLP decoder, trained to reconstruct the clean
+    image from a copy corrupted as ``spec`` says (in training only)."""
+    convs = CONV_STACK + ((CONV_STACK[-1][0], 1),) * tail_convs
+    encoder = conv_encoder(code_size, convs, HIDDEN)
+    decoder = mlp_decoder(code_size, (512,))
+    return denoising_autoencoder(encoder, decoder, corruption(spec))
+
+
+def denoising_autoencoder(encoder: Any, decoder: Any, corrupt: Any) -> Autoencoder:
+    """The training graph clean pixels -> ``corrupt`` -> encoder -> decoder, whose output is
+    compared with the clean image."""
     import keras
-    from keras import layers
 
-    inputs = keras.Input((28, 28), dtype="float32", name="pixels")
-    x = layers.Rescaling(1.0 / 255.0)(inputs)
-    x = layers.Reshape((28, 28, 1))(x)
-    strides = (1, 2) if double else (2,)
-    convs = [(filters, stride) for filters in (width, 2 * width) for stride in strides]
-    convs += [(2 * width, 1)] * tail_convs  # 28 -> 14 -> 7 [-> 7 ...]
-    for filters, stride in convs:
-        x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False)(x)
-        x = layers.BatchNormalization()(x)
-        x = layers.ReLU()(x)
-    x = layers.Flatten()(x)
-    x = layers.Dense(hidden, use_bias=False)(x)
-    x = layers.BatchNormalization()(x)
-    x = layers.ReLU()(x)
-    code = layers.Dense(code_size, name="code")(x)
-    encoder = keras.Model(inputs, code, name="encoder")
-
-    decoder = _mlp_decoder(code_size, (512,))
-
-    # Training graph: corrupted input -> encoder -> decoder, compared with the clean image, so
-    # the code learns to ignore the small misalignments a photographed query brings. The gain
-    # added 0.6 P@10 on the protocol in two research runs and a default build; the zoom
-    # 0.3-0.4 over 20 epochs (0.1 over 10; README).
-    corrupt = corruption(shift, noise, gain=gain, zoom=zoom, extra=extra_corruption)
     clean = keras.Input((28, 28), dtype="float32", name="pixels")
     autoencoder = keras.Model(clean, decoder(encoder(corrupt(clean))), name="autoencoder")
     return Autoencoder(autoencoder, encoder, decoder, corrupt)
 
 
-def corruption(
-    shift: int = 2,
-    noise: float = 0.1,
-    gain: tuple[float, float] | None = None,
-    zoom: float = 0.0,
-    erase: float = 0.0,
-    extra: Any = None,
-    name: str = "corrupt",
-) -> Any:
-    """Training only: pixels [0, 255] -> a randomly corrupted copy, each call new randomness.
-
-    Integer shifts up to ``shift`` px, a horizontal flip, a zoom of +-``zoom``, Gaussian noise
-    (``noise`` on the [0, 1] scale, as Keras 3 wants), a brightness ``gain`` range, with
-    probability ``erase`` one erased rectangle, then the ``extra`` layer (research variants).
-    """
+def corruption(spec: Corruption, name: str = "corrupt") -> Any:
+    """Training only: pixels [0, 255] -> a randomly corrupted copy (``spec``), each call new
+    randomness. The noise is added on the [0, 1] scale, as Keras 3 wants."""
     import keras
     from keras import layers
 
     pixels = keras.Input((28, 28), dtype="float32", name="pixels")
     z = layers.Reshape((28, 28, 1))(pixels)
     z = layers.RandomTranslation(
-        shift / 28, shift / 28, fill_mode="constant", interpolation="nearest"
+        spec.shift / 28, spec.shift / 28, fill_mode="constant", interpolation="nearest"
     )(z)
     z = layers.RandomFlip("horizontal")(z)
-    if zoom:
-        z = layers.RandomZoom(zoom, zoom, fill_mode="constant")(z)
+    if spec.zoom:
+        z = layers.RandomZoom(spec.zoom, spec.zoom, fill_mode="constant")(z)
     z = layers.Reshape((28, 28))(z)
     z = layers.Rescaling(1.0 / 255.0)(z)
-    if noise:
-        z = layers.GaussianNoise(noise)(z)
-    if gain is not None:
-        z = random_gain(*gain)(z)
-    if erase:
-        z = random_erasing(erase)(z)
-    if extra is not None:
-        z = extra(z)
+    if spec.noise:
+        z = layers.GaussianNoise(spec.noise)(z)
+    if spec.gain is not None:
+        z = random_gain(*spec.gain)(z)
     z = layers.Rescaling(255.0)(z)
     return keras.Model(pixels, z, name=name)
-
-
-def view_augmentation() -> Any:
-    """One random view of an image for the contrastive term: shifts up to 3 px, flip, zoom
-    +-10%, noise and, half the time, an erased rectangle."""
-    return corruption(shift=3, zoom=0.1, erase=0.5, name="view")
-
-
-def random_erasing(p: float = 0.5, low: int = 6, high: int = 14) -> Any:
-    """Training only: with probability p, zero one random rectangle (side low..high px) of
-    (n, 28, 28) pixels in [0, 1]."""
-    import keras
-    from keras import ops
-
-    class RandomErasing(keras.layers.Layer):
-        def __init__(self, **kwargs: Any) -> None:
-            super().__init__(**kwargs)
-            self.seed = keras.random.SeedGenerator(1)
-
-        def call(self, x: Any, training: bool = False) -> Any:
-            if not training:
-                return x
-            n = ops.shape(x)[0]
-            u = keras.random.uniform((n, 5), seed=self.seed)
-            h = low + u[:, 0] * (high - low)
-            w = low + u[:, 1] * (high - low)
-            top = u[:, 2] * (28 - h)
-            left = u[:, 3] * (28 - w)
-            on = ops.cast(u[:, 4] < p, x.dtype)
-            grid = ops.cast(ops.arange(28), x.dtype)
-            rows = ops.logical_and(
-                grid[None, :] >= top[:, None], grid[None, :] < (top + h)[:, None]
-            )
-            cols = ops.logical_and(
-                grid[None, :] >= left[:, None], grid[None, :] < (left + w)[:, None]
-            )
-            box = ops.cast(rows, x.dtype)[:, :, None] * ops.cast(cols, x.dtype)[:, None, :]
-            return x * (1.0 - box * on[:, None, None])
-
-    return RandomErasing(name="random_erasing")
 
 
 def random_gain(low: float = 0.6, high: float = 1.4) -> Any:
@@ -395,8 +383,7 @@ def cosine_head(n_classes: int, scale: float) -> Any:
 def load_autoencoder(path: str | Path) -> Any:
     """Load a saved ``autoencoder.keras`` (or ``encoder.keras``) of any kind: registers
     simsearch's own classes (VAE, gain, mirror) first."""
-    import keras
-
+    keras = import_keras()
     _vae_class()
     _random_gain_class()
     _mirror_classes()
@@ -412,17 +399,13 @@ def _vae(code_size: int, hidden: tuple[int, ...], beta: float = 1.0) -> Autoenco
     """
     import keras
 
-    inputs = keras.Input((28, 28), dtype="float32", name="pixels")
-    x = keras.layers.Rescaling(1.0 / 255.0)(inputs)
-    x = keras.layers.Flatten()(x)
-    for width in hidden:
-        x = keras.layers.Dense(width, activation="relu")(x)
+    inputs, x = _dense_trunk(hidden)
     mean = keras.layers.Dense(code_size, name="code")(x)
     log_var = keras.layers.Dense(code_size, kernel_initializer="zeros", name="log_var")(x)
     posterior = keras.Model(inputs, [mean, log_var], name="posterior")
     encoder = keras.Model(inputs, mean, name="encoder")
 
-    decoder = _mlp_decoder(code_size, tuple(reversed(hidden)))
+    decoder = mlp_decoder(code_size, tuple(reversed(hidden)))
     vae = _vae_class()(posterior, decoder, beta=beta, name="autoencoder")
     return Autoencoder(vae, encoder, decoder)
 

@@ -52,6 +52,10 @@ class Reporter:
 
             yield advance
 
+    def waiting_for_writer(self, directory: object) -> Callable[[], None]:
+        """A callback for ``storage.locked``: says that another writer holds the index."""
+        return lambda: self.message(f"waiting for another writer of {directory} to finish ...")
+
     def message(self, text: str) -> None:
         """One status line on stderr."""
         if not self.quiet:

@@ -63,8 +63,8 @@ def label(mask: np.ndarray, connectivity: int = 8) -> tuple[np.ndarray, int]:
             else:
                 j += 1
     roots = np.array([find(i) for i in range(n)])
-    _, run_labels = np.unique(roots, return_inverse=True)
-    run_labels = run_labels.astype(np.int32) + 1
+    _, inverse = np.unique(roots, return_inverse=True)
+    run_labels = inverse.astype(np.int32) + 1
     for k in range(n):
         labels[row_list[k], start_list[k] : stop_list[k]] = run_labels[k]
     return labels, int(run_labels.max())

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,6 +21,17 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("SIMSEARCH_DATA_DIR", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no Keras cache from the user
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread_per_pool() -> Iterator[None]:
+    """BLAS and OpenMP on one thread: the tests' matrices are small, and on a busy machine
+    threads that wait for each other make them many times slower (an eigh of 784x784 took 0.4 s
+    on one thread and 4.6 s on two, with other jobs on both cores)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -39,8 +52,69 @@ def pca_index_dir(tmp_path_factory: pytest.TempPathFactory, fake_data_dir: Path)
 
 
 @pytest.fixture(scope="session")
-def dense_index_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default model trained through the CLI on 2,000 real items (TensorFlow: slow)."""
+def onnx_index_dir(tmp_path_factory: pytest.TempPathFactory, pca_index_dir: Path) -> Path:
+    """The PCA index with its projection written as an ONNX model (``encoder.onnx``): a trained
+    model's query path (ONNX Runtime) without training one."""
+    from simsearch.encoders import LinearEncoder, load_encoder
+    from simsearch.search_index import SearchIndex
+    from simsearch.storage import sha256_file
+
+    pca = SearchIndex.load(pca_index_dir)
+    assert isinstance(pca.encoder, LinearEncoder)
+    work = tmp_path_factory.mktemp("onnx-model")
+    encoder_file = write_linear_onnx(pca.encoder.mean, pca.encoder.components, work)
+    model = pca.manifest["model"] | {
+        "encoder_file": encoder_file.name,
+        "encoder_sha256": sha256_file(encoder_file),
+    }
+    directory = tmp_path_factory.mktemp("indexes") / "onnx"
+    SearchIndex(
+        encoder=load_encoder(encoder_file),
+        encoder_file=encoder_file,
+        vectors=pca.vectors,
+        ids=pca.ids,
+        labels=pca.labels,
+        sources=pca.sources,
+        images=np.asarray(pca.images),
+        manifest=pca.manifest | {"model": model},
+    ).save(directory)
+    return directory
+
+
+def write_linear_onnx(mean: np.ndarray, components: np.ndarray, folder: Path) -> Path:
+    """``folder/encoder.onnx``: (n, 28, 28) float32 pixels -> (pixels / 255 - mean) @ components,
+    what an exported encoder takes and returns."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    constants = {
+        "shape": np.array([-1, 784], np.int64),
+        "scale": np.array(1 / 255, np.float32),
+        "mean": mean.astype(np.float32),
+        "components": components.astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Reshape", ["pixels", "shape"], ["flat"]),
+        helper.make_node("Mul", ["flat", "scale"], ["scaled"]),
+        helper.make_node("Sub", ["scaled", "mean"], ["centred"]),
+        helper.make_node("MatMul", ["centred", "components"], ["code"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "linear_encoder",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["n", 28, 28])],
+        [helper.make_tensor_value_info("code", TensorProto.FLOAT, ["n", components.shape[1]])],
+        [numpy_helper.from_array(value, name) for name, value in constants.items()],
+    )
+    path = folder / "encoder.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def conv_denoising_index_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default model (conv-denoising) trained through the CLI on 2,000 real items, 2 epochs
+    (TensorFlow: its users are marked slow)."""
     from typer.testing import CliRunner
 
     from simsearch.cli import app
@@ -72,3 +146,12 @@ def real_data_or_skip() -> Path:
     if os.environ.get("CI"):
         pytest.fail(f"CI must install dataset-fashion-mnist ({REAL_DATA} is empty)")
     pytest.skip("dataset-fashion-mnist is not installed")
+
+
+def ray_or_skip() -> Any:
+    """The ``ray`` module; in CI (the test extra installs it) its absence is a failure."""
+    if os.environ.get("CI"):
+        import ray
+
+        return ray
+    return pytest.importorskip("ray")

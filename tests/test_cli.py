@@ -43,7 +43,7 @@ def test_query_table(pca_index_dir: Path, item_png: Path) -> None:
     assert len(lines) == 5
 
 
-def test_query_json_matches_contract(pca_index_dir: Path, item_png: Path, tmp_path: Path) -> None:
+def test_query_json_lines_format(pca_index_dir: Path, item_png: Path, tmp_path: Path) -> None:
     other = tmp_path / "other.png"
     shutil.copy(item_png, other)
     result = run("query", item_png, other, "--index-dir", pca_index_dir, "-k", "4", "--json")
@@ -211,31 +211,34 @@ def test_help_lists_commands() -> None:
         assert command in result.stdout
 
 
-def test_build_index_defaults_are_the_training_defaults() -> None:
-    """The CLI spells its defaults out (it must not import numpy to print --help): they must
-    stay those of TrainConfig, which the library and the README's figures use."""
-    import inspect
+def test_build_index_trains_what_the_library_would(fake_data_dir: Path, tmp_path: Path) -> None:
+    """build-index adds no training defaults of its own: the configuration it asks for is
+    TrainConfig's with the options given, and the manifest records what was trained."""
+    from dataclasses import asdict
 
-    from simsearch.cli import build_index_cmd
     from simsearch.training import TrainConfig
 
-    options = inspect.signature(build_index_cmd).parameters
-    names = ("model", "code_size", "epochs", "whiten", "mirror", "tail_convs", "seed", "loss")
-    names += ("batch_size", "noise")
-    for name in names:
-        assert options[name].default == getattr(TrainConfig, name), name
+    target = tmp_path / "built"
+    args = ["build-index", "--model", "pca", "--code-size", "8", "--limit", "60"]
+    result = run(*args, "--data-dir", fake_data_dir, "--index-dir", target, "-q")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((target / "manifest.json").read_text())
+    asked = TrainConfig(model="pca", code_size=8)
+    assert manifest["build"]["train"] == asdict(asked)
+    trained = {k: manifest["model"][k] for k in asdict(asked)}
+    assert trained == asdict(asked.effective())
 
 
 @pytest.mark.slow
 def test_rephotographed_catalog_items_find_themselves(
-    dense_index_dir: Path, tmp_path: Path
+    conv_denoising_index_dir: Path, tmp_path: Path
 ) -> None:
     """Catalog items enlarged, tinted, dark on white, off centre, as JPEG: found via the CLI."""
     from PIL import ImageOps
 
     from simsearch import SearchIndex
 
-    index = SearchIndex.load(dense_index_dir)
+    index = SearchIndex.load(conv_denoising_index_dir)
     paths, expected = [], []
     for row in (3, 250, 1234):
         item = Image.fromarray(np.asarray(index.images[row]), mode="L")
@@ -247,7 +250,7 @@ def test_rephotographed_catalog_items_find_themselves(
         canvas.save(path, quality=85)
         paths.append(path)
         expected.append(str(index.ids[row]))
-    result = run("query", *paths, "--index-dir", dense_index_dir, "--json", "-k", "10")
+    result = run("query", *paths, "--index-dir", conv_denoising_index_dir, "--json", "-k", "10")
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in result.stdout.splitlines()]
     for record, item_id in zip(records, expected, strict=True):

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from simsearch import figures
 from simsearch.cli import app
 from simsearch.errors import ConfigError, OutputError
+from simsearch.figures import drawing
 
 runner = CliRunner()
 
@@ -129,7 +130,7 @@ def test_grid_frames_show_whether_the_label_matches(pca_index_dir: Path, tmp_pat
     for i, hit in enumerate(hits):
         x = figures.MARGIN + 2 * figures.CELL_W + figures.GAP + figures.PAD + i * figures.CELL_W
         y = figures.MARGIN + figures.PAD + figures.TILE // 2
-        expected = figures.MATCH if hit.label_name == own else figures.MISMATCH
+        expected = drawing.MATCH if hit.label_name == own else drawing.MISMATCH
         assert tuple(rgb[y, x - 2]) == Image.new("RGB", (1, 1), expected).getpixel((0, 0))
 
 
@@ -278,6 +279,8 @@ def test_training_curve(tmp_path: Path) -> None:
         figures.training_curve({"val_loss": [0.3]}, tmp_path / "none.png")
     with pytest.raises(OutputError):
         figures.training_curve(history, tmp_path / "missing" / "curve.png")
+    assert figures.loss_label("bce") == "loss (binary cross-entropy)"
+    assert figures.loss_label("mse") == "loss (mean squared error)"
 
 
 # ---------------------------------------------------------------- a real autoencoder
@@ -322,6 +325,6 @@ def test_training_leaves_history_and_curve(dense_index_dir: Path) -> None:
     from simsearch.search_index import SearchIndex
 
     index = SearchIndex.load(dense_index_dir)
-    history = json.loads(index.extra_files["history.json"].read_text())
+    history = json.loads(index.model_file("history.json").read_text())
     assert len(history["loss"]) == len(history["val_loss"]) == 1
-    assert_png(index.extra_files["training_curve.png"], (600, 360))
+    assert_png(index.model_file("training_curve.png"), (600, 360))

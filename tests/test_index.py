@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from simsearch import Hit, SearchIndex
+from simsearch import Hit, SearchIndex, storage
 from simsearch.build import BuildConfig, build_index
 from simsearch.errors import (
     ConfigError,
@@ -31,7 +31,8 @@ def index_copy(tmp_path: Path, pca_index_dir: Path) -> Path:
 
 def test_manifest_describes_the_index(pca_index_dir: Path) -> None:
     manifest = json.loads((pca_index_dir / "manifest.json").read_text())
-    assert manifest["format_version"] == 1
+    assert manifest["format_version"] == 2
+    assert manifest["manifest_sha256"] == storage.manifest_digest(manifest)
     assert manifest["metric"] == "cosine"
     assert manifest["embedding_dim"] == 16
     assert manifest["count"] == 400

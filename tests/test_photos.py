@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from simsearch import regions
 from simsearch.cli import app
-from simsearch.explain import ExplainRow, draw_explain, explain_size
+from simsearch.figures.explain import ExplainRow, draw_explain, explain_size
 from simsearch.images import SIZE, explain, preprocess
 
 FMNIST_TEST = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")

@@ -20,17 +20,44 @@ def _run_python(code: str) -> dict[str, object]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_library_query_never_imports_tensorflow(dense_index_dir: Path, item_png: Path) -> None:
+def test_library_query_never_imports_tensorflow(onnx_index_dir: Path, item_png: Path) -> None:
+    """An ONNX-encoder index, as training exports: the query runs ONNX Runtime only."""
+    assert_query_is_light(onnx_index_dir, item_png)
+
+
+@pytest.mark.slow
+def test_trained_index_query_never_imports_tensorflow(
+    conv_denoising_index_dir: Path, item_png: Path
+) -> None:
+    assert_query_is_light(conv_denoising_index_dir, item_png)
+
+
+def assert_query_is_light(index_dir: Path, image: Path) -> None:
     result = _run_python(
         "import json, sys\n"
         "from simsearch import SearchIndex\n"
-        f"index = SearchIndex.load({str(dense_index_dir)!r})\n"
-        f"hits = index.query({str(item_png)!r}, k=5)\n"
+        f"index = SearchIndex.load({str(index_dir)!r})\n"
+        f"hits = index.query({str(image)!r}, k=5)\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
         "('tensorflow', 'keras', 'tf2onnx', 'matplotlib', 'sklearn', 'fastapi'))\n"
-        "print(json.dumps({'heavy': heavy, 'n': len(hits)}))\n"
+        "print(json.dumps({'heavy': heavy, 'n': len(hits), 'encoder': index.encoder_file.name}))\n"
     )
-    assert result == {"heavy": [], "n": 5}
+    assert result == {"heavy": [], "n": 5, "encoder": "encoder.onnx"}
+
+
+def test_onnx_index_finds_what_the_pca_index_finds(
+    onnx_index_dir: Path, pca_index_dir: Path, item_png: Path
+) -> None:
+    """The ONNX fixture is the PCA model in another file format: same neighbours."""
+    from simsearch import SearchIndex
+
+    onnx_hits = SearchIndex.load(onnx_index_dir).query(item_png, k=5)
+    pca_hits = SearchIndex.load(pca_index_dir).query(item_png, k=5)
+    assert [h.id for h in onnx_hits] == [h.id for h in pca_hits]
+    assert onnx_hits[0].id == "fashion-mnist/train/00007"
+    assert [h.similarity for h in onnx_hits] == pytest.approx(
+        [h.similarity for h in pca_hits], abs=1e-5
+    )
 
 
 def test_cli_help_and_import_are_light() -> None:
@@ -45,7 +72,7 @@ def test_cli_help_and_import_are_light() -> None:
 
 
 @pytest.mark.slow
-def test_onnx_encoder_matches_keras(dense_index_dir: Path) -> None:
+def test_onnx_encoder_matches_keras(conv_denoising_index_dir: Path) -> None:
     """Parity on 1,000 real images: max |diff| of normalised embeddings < 1e-4, same top-10."""
     import keras
 
@@ -53,10 +80,10 @@ def test_onnx_encoder_matches_keras(dense_index_dir: Path) -> None:
     from simsearch.data import load_split
     from simsearch.encoders import normalize
 
-    index = SearchIndex.load(dense_index_dir)
+    index = SearchIndex.load(conv_denoising_index_dir)
     images = load_split("test", real_data_or_skip()).images[:1000]
     # encoder.keras is the exported encoder (with its folded whitening), saved next to the ONNX.
-    encoder = keras.models.load_model(index.extra_files["encoder.keras"])
+    encoder = keras.models.load_model(index.model_file("encoder.keras"))
     keras_vectors = normalize(np.asarray(encoder(images.astype("float32"))))
     onnx_vectors = index.embed_pixels(images)
     assert np.abs(keras_vectors - onnx_vectors).max() < 1e-4

@@ -1,4 +1,4 @@
-"""``build-index --use-labels``: a training-only classifier head shapes the code (issue #4)."""
+"""``build-index --use-labels``: a training-only classifier head shapes the code."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ def run(*args: str | Path) -> object:
     return runner.invoke(app, [str(a) for a in args])
 
 
+@pytest.mark.slow
 def test_build_index_use_labels(fake_data_dir: Path, tmp_path: Path) -> None:
     """The flag trains (1 epoch, fake data), the manifest records it, the encoder stays
     pixels -> code and the training history carries the classification term."""
@@ -45,7 +46,7 @@ def test_build_index_use_labels(fake_data_dir: Path, tmp_path: Path) -> None:
     from simsearch.search_index import SearchIndex
 
     index = SearchIndex.load(directory)
-    history = json.loads(index.extra_files["history.json"].read_text())
+    history = json.loads(index.model_file("history.json").read_text())
     assert {"loss", "val_loss", "logits_loss", "reconstruction_loss"} <= set(history)
     assert index.embed(index.images[:3]).shape == (3, 16)
     assert index.query(index.images[7], k=1)[0].id == "fashion-mnist/train/00007"

@@ -177,3 +177,50 @@ def test_api_docs_render_offline(page: Any, server: str) -> None:
     page.wait_for_selector(".swagger-ui .opblock-summary-path")
     paths = page.locator(".opblock-summary-path").all_inner_texts()
     assert "/api/search" in " ".join(paths)
+
+
+@pytest.fixture(scope="module")
+def small_limit_server(pca_index_dir: Path) -> Iterator[str]:
+    with serve_process(pca_index_dir, "--max-upload-mb", "0.01") as url:  # 10,485 bytes
+        yield url
+
+
+def test_the_page_takes_its_limits_from_health(
+    browser: Any, small_limit_server: str, item_png: Path, tmp_path: Path
+) -> None:
+    """k's maximum and the upload limit come from /api/health; an image over the limit is
+    refused by the page itself, before any byte is sent (a browser would send all of it first)."""
+    import httpx
+    import numpy as np
+    from PIL import Image
+
+    health = httpx.get(f"{small_limit_server}/api/health").json()
+    context = browser.new_context()
+    try:
+        tab = context.new_page()
+        tab.set_default_timeout(20_000)
+        searches: list[str] = []
+        tab.on("request", lambda r: searches.append(r.url) if "/api/search" in r.url else None)
+        tab.goto(small_limit_server + "/")
+        tab.wait_for_function("document.querySelector('#status').textContent.includes('400')")
+        assert tab.get_attribute("#k", "max") == str(health["max_k"])
+
+        noise = np.random.default_rng(0).integers(0, 255, (120, 120, 3), np.uint8)
+        big = tmp_path / "noise.png"
+        Image.fromarray(noise).save(big)
+        assert big.stat().st_size > health["max_upload_bytes"]
+        tab.set_input_files("#file", str(big))
+        error = tab.locator("#error")
+        error.wait_for(state="visible")
+        assert "noise.png" in error.inner_text()
+        assert f"{health['max_upload_bytes']:,} bytes upload limit" in error.inner_text()
+        tab.wait_for_timeout(300)
+        assert searches == []
+
+        tab.fill("#k", "5000")  # over max_k: the page asks for max_k
+        tab.set_input_files("#file", str(item_png))
+        tab.wait_for_function("document.querySelectorAll('#results .hit').length === 400")
+        assert searches and searches[-1].endswith(f"/api/search?k={health['max_k']}")
+        assert tab.locator("#error").is_hidden()
+    finally:
+        context.close()

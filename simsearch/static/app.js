@@ -3,9 +3,12 @@
 
 const $ = (id) => document.getElementById(id);
 let lastQuery = null; // {blob, name}: re-run when k changes
-let maxUpload = 16 * 1024 * 1024;
+// The server's limits, from /api/health (null until it has answered: the server checks anyway).
+let maxUpload = null;
+let maxK = null;
 let originalUrl = null;
 let inFlight = null; // AbortController of the running search: a newer one replaces it
+let itemImages = true; // false: an index built from embeddings without the item images
 
 function itemImageUrl(id) {
   return "api/items/" + id.split("/").map(encodeURIComponent).join("/") + "/image";
@@ -24,14 +27,26 @@ async function errorText(response) {
   return `${response.status} ${response.statusText}`;
 }
 
+function sizeText(bytes) {
+  return bytes >= 1048576 ? `${+(bytes / 1048576).toFixed(1)} MiB` : `${bytes.toLocaleString("en")} bytes`;
+}
+
+function chosenK() {
+  const k = Math.max(1, parseInt($("k").value, 10) || 10);
+  return maxK ? Math.min(maxK, k) : k;
+}
+
 async function search(blob, name) {
   lastQuery = { blob, name };
-  if (blob.size > maxUpload) {
-    showError(`${name}: ${(blob.size / 1048576).toFixed(1)} MiB is over the ` +
-              `${(maxUpload / 1048576).toFixed(0)} MiB upload limit`);
+  // Checked here, before sending: a browser sends the whole body before it reads the answer,
+  // so an upload far over the limit could end in a reset connection instead of the server's 413.
+  if (maxUpload !== null && blob.size > maxUpload) {
+    if (inFlight) inFlight.abort();
+    clearResults();
+    showError(`${name}: ${sizeText(blob.size)} is over the ${sizeText(maxUpload)} upload limit`);
     return;
   }
-  const k = Math.max(1, Math.min(1000, parseInt($("k").value, 10) || 10));
+  const k = chosenK();
   const form = new FormData();
   form.append("image", blob, name);
   if (inFlight) inFlight.abort();
@@ -78,11 +93,18 @@ function render(data, blob) {
     const li = document.createElement("li");
     li.className = "hit";
     li.title = `${hit.id}\ndistance ${hit.distance.toFixed(4)}`;
-    const img = document.createElement("img");
-    img.className = "pixels";
-    img.loading = "lazy";
-    img.alt = hit.id;
-    img.src = itemImageUrl(hit.id);
+    let img;
+    if (itemImages) {
+      img = document.createElement("img");
+      img.className = "pixels";
+      img.loading = "lazy";
+      img.alt = hit.id;
+      img.src = itemImageUrl(hit.id);
+    } else {
+      img = document.createElement("div");
+      img.className = "pixels none";
+      img.textContent = "no image";
+    }
     const rank = document.createElement("span");
     rank.className = "rank";
     rank.textContent = `#${hit.rank}`;
@@ -150,9 +172,17 @@ function init() {
   fetch("api/health")
     .then((r) => r.json())
     .then((h) => {
-      maxUpload = h.max_upload_bytes || maxUpload;
+      maxUpload = h.max_upload_bytes ?? null;
+      maxK = h.max_k ?? null;
+      if (maxK) $("k").max = maxK;
+      itemImages = h.item_images !== false;
       $("status").textContent =
-        `${h.count.toLocaleString("en")} catalog items · ${h.model || "?"} model, ${h.dim}-d`;
+        `${h.count.toLocaleString("en")} catalog items · ${h.model || "?"} model, ${h.dim}-d` +
+        (itemImages ? "" : " · no item images");
+      if (!itemImages) {
+        $("random").disabled = true;
+        $("random").title = "this index has no item images (built from embeddings without them)";
+      }
     })
     .catch(() => { $("status").textContent = "server not reachable"; });
 }

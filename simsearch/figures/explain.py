@@ -8,17 +8,15 @@ polarity and the tilt. Pillow only; see :func:`simsearch.images.explain` for the
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
-from simsearch.errors import OutputError
+from simsearch.figures.drawing import fit_text, save_png, typeface
 from simsearch.images import SIZE, Steps
 
 __all__ = ["PANEL", "ExplainRow", "draw_explain", "explain_size"]
@@ -60,18 +58,14 @@ def draw_explain(rows: Sequence[ExplainRow], out: str | os.PathLike[str]) -> Pat
     for row in rows:
         _draw_row(canvas, draw, row, top)
         top += NAME_H + PANEL + CAPTION_H + PAD
-    try:
-        canvas.save(path, format="PNG", optimize=True)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
-    return path
+    return save_png(canvas, path)
 
 
 def _draw_row(canvas: Image.Image, draw: ImageDraw.ImageDraw, row: ExplainRow, top: int) -> None:
     draw.text(
         (PAD, top + 3),
-        _fit(draw, row.name, _font(14), canvas.width - 2 * PAD),
-        font=_font(14),
+        fit_text(draw, row.name, typeface(14), canvas.width - 2 * PAD),
+        font=typeface(14),
         fill=INK,
     )
     y = top + NAME_H
@@ -98,14 +92,13 @@ def _draw_row(canvas: Image.Image, draw: ImageDraw.ImageDraw, row: ExplainRow, t
         )
         panels.append((_overlay(steps), "object (blue) and crop (red)", tilt))
     panels.append((_gray(row.pixels), f"model input {SIZE}x{SIZE}", "light object on black"))
+    font = typeface(12)
     for i, (image, line1, line2) in enumerate(panels):
         x = PAD + i * (PANEL + PAD)
         shown = _fit_panel(image, nearest=image.size == (SIZE, SIZE))
         canvas.paste(shown, (x + (PANEL - shown.width) // 2, y + (PANEL - shown.height) // 2))
-        draw.text((x, y + PANEL + 4), _fit(draw, line1, _font(12), PANEL), font=_font(12), fill=INK)
-        draw.text(
-            (x, y + PANEL + 21), _fit(draw, line2, _font(12), PANEL), font=_font(12), fill=GREY_INK
-        )
+        draw.text((x, y + PANEL + 4), fit_text(draw, line1, font, PANEL), font=font, fill=INK)
+        draw.text((x, y + PANEL + 21), fit_text(draw, line2, font, PANEL), font=font, fill=GREY_INK)
 
 
 def _overlay(steps: Steps) -> Image.Image:
@@ -133,25 +126,3 @@ def _fit_panel(image: Image.Image, nearest: bool) -> Image.Image:
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     method = Image.Resampling.NEAREST if nearest else Image.Resampling.LANCZOS
     return image.resize(size, method)
-
-
-@functools.lru_cache(maxsize=8)
-def _font(size: int) -> Any:
-    """DejaVu Sans when the system has it, else Pillow's bundled scalable font."""
-    try:
-        return ImageFont.truetype("DejaVuSans.ttf", size)
-    except OSError:
-        pass
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: a fixed bitmap font
-        return ImageFont.load_default()
-
-
-def _fit(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> str:
-    """``text`` shortened with an ellipsis until it is at most ``width`` pixels wide."""
-    if draw.textlength(text, font=font) <= width:
-        return text
-    while text and draw.textlength(text + "…", font=font) > width:
-        text = text[:-1]
-    return text + "…"
