@@ -100,6 +100,7 @@ _RESAMPLE = Image.Resampling.HAMMING
 # Finding the object in a photo (on the image reduced to about _ANALYSIS_SIZE px):
 _ANALYSIS_SIZE = 256
 _RING = 0.04  # the outer band where the background is looked for first, share of the short side
+_EXACT_SHARE = 0.25  # a lossless image's band this much one exact colour: that is the background
 _FIT_POINTS = 4096  # background pixels the surface is fitted to (a regular subsample)
 _MAD_POINTS = 8192  # noise levels are measured on at most this many pixels
 _MIN_AREA = 0.0005  # regions smaller than this share of the image are specks
@@ -117,6 +118,7 @@ _SHADOW_SMOOTH = 0.018  # ... varies locally by less than this share of its dark
 _SHADOW_DARK = 0.04  # ... has a darkness between this share of the object's level ...
 _SHADOW_FAINT = 0.22  # ... and this one, and lies low: its centre in the object's bottom 30 %
 _SHADOW_LOW = 0.7
+_SHADOW_BESIDE = 0.1  # ... and has this share of it beside the object's body, not under it
 _NOISE_TEXTURE = 0.157  # the texture measure of white noise of sigma 1
 _SHADOW_MARGIN = 1.2  # next to the shadow, what is up to its level times this is shadow too
 _TINT = 0.08  # a background whose colour is this saturated is a coloured surface, not white
@@ -125,7 +127,9 @@ _TILT_MAX = 10.0  # tilts searched, degrees either way ...
 _TILT_STEP = 0.25  # ... in these steps
 _TILT_LEVEL = 0.05  # the silhouette is taken at this share of the object's level
 _TILT_MIN = 1.0  # smaller tilts are left alone ...
-_TILT_GAIN = 1.1  # ... and so are those whose silhouette is not this much straighter
+# ... and so are those whose silhouette is not this much straighter (some catalog items are
+# a little off vertical themselves: a weaker test turns those away from their catalog framing)
+_TILT_GAIN = 1.6
 
 
 @dataclass(frozen=True)
@@ -745,6 +749,22 @@ def _ring(h: int, w: int) -> np.ndarray:
     return ring
 
 
+def _exact_background(
+    image: np.ndarray, luma: np.ndarray, ring: np.ndarray
+) -> tuple[np.ndarray, bool, np.ndarray] | None:
+    """A lossless image whose outer band is largely one exact colour (a rendered or composited
+    image: the catalog's black, a cut-out's matte) has that colour as its background, even
+    where the object fills most of the band; else None (a photo: fit it)."""
+    values, counts = np.unique(luma[ring], return_counts=True)
+    top = int(np.argmax(counts))
+    if counts[top] < _EXACT_SHARE * int(ring.sum()):
+        return None
+    is_bg = luma == values[top]
+    coef = np.zeros((6, image.shape[2]), np.float32)
+    coef[0] = np.median(image[is_bg], axis=0)
+    return coef, bool(values[top] > 127.5), is_bg
+
+
 def _fit_background(
     image: np.ndarray, luma: np.ndarray, ring: np.ndarray
 ) -> tuple[np.ndarray, bool, np.ndarray]:
@@ -802,7 +822,9 @@ def _analyse(image: np.ndarray, lossy: bool) -> _Scene | None:
     c = image.shape[2]
     ah, aw = image.shape[:2]
     luma = image @ _LUMA if c == 3 else image[:, :, 0]
-    coef, dark_object, is_bg = _fit_background(image, luma, _ring(ah, aw))
+    ring = _ring(ah, aw)
+    exact = None if lossy else _exact_background(image, luma, ring)
+    coef, dark_object, is_bg = exact or _fit_background(image, luma, ring)
     bg_luma = (_grid_terms(ah, aw) @ coef @ _weights(c)).reshape(ah, aw)
     darkness = _darkness(luma, bg_luma, dark_object)
     smooth = _box_blur3(darkness)
@@ -1002,7 +1024,9 @@ def _object_map(
     part = np.where(gate, signed, 0.0).astype(np.float32)
     unit = max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1) / scale / SIZE  # px per item px
     smooth = _box_blur3(part)
-    without = _drop_shadow(part, smooth, thr, sigma, unit)
+    # A cast shadow shows on a light surface only: on a dark one (the catalog's polarity) a
+    # faint, smooth region low in the object is part of it (a sneaker's sole).
+    without = _drop_shadow(part, smooth, thr, sigma, unit) if scene.dark_object else part
     if without is not part:
         part, smooth = without, _box_blur3(without)
     to_analysis = np.array([[scale, 0.0, origin[0]], [0.0, scale, origin[1]]])
@@ -1057,8 +1081,18 @@ def _drop_shadow(
     )[1:]
     top, bottom = ys.min(), ys.max()
     position = (row_sum / np.maximum(area, 1) - top) / max(1, bottom - top)  # 0 top .. 1 bottom
+    # a shadow falls beside the object too (offset, blurred); a sole or hem stays under it
+    core_cols = np.flatnonzero(core.any(axis=0))
+    margin = max(1.0, 0.5 * unit)
+    beside_col = (np.arange(part.shape[1]) < core_cols[0] - margin) | (
+        np.arange(part.shape[1]) > core_cols[-1] + margin
+    )
+    beside = np.bincount(
+        flat, weights=np.tile(beside_col, part.shape[0]).astype(np.float64), minlength=count + 1
+    )[1:] / np.maximum(area, 1)
     shadow = (
         (area >= _SHADOW_AREA * body_area)
+        & (beside >= _SHADOW_BESIDE)
         & (texture - _NOISE_TEXTURE * sigma < _SHADOW_SMOOTH * mean)
         & (mean >= _SHADOW_DARK * level)
         & (mean < _SHADOW_FAINT * level)

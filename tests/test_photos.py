@@ -285,3 +285,23 @@ def test_regions_label_fill_and_dilate_match_references() -> None:
             for x in range(w):
                 window = mask[max(0, y - r) : y + r + 1, max(0, x - r) : x + r + 1]
                 assert dilated[y, x] == window.any()
+
+
+@pytest.mark.parametrize("how", ["enlarged_x10", "off_centre_on_black"])
+def test_clean_copies_keep_the_catalog_framing(catalog: np.ndarray, how: str) -> None:
+    """Catalog items enlarged, or on a wide dark canvas, come out as the catalog has them:
+    a sneaker's faint sole is not a floor shadow, an item a little off vertical is not turned."""
+    rng = np.random.default_rng(11)
+    cosines = []
+    for row in range(0, 1000, 5):
+        item = Image.fromarray(catalog[row], "L")
+        if how == "enlarged_x10":
+            image = item.resize((280, 280), Image.Resampling.BICUBIC)
+        else:
+            image = Image.new("L", (84, 84), 0)
+            image.paste(item, (int(rng.integers(0, 57)), int(rng.integers(0, 57))))
+        out = preprocess(image).astype(np.float64).ravel()
+        ref = catalog[row].astype(np.float64).ravel()
+        cosines.append(float(out @ ref / (np.linalg.norm(out) * np.linalg.norm(ref))))
+    # (resampling alone takes a few striped items to ~0.8; a wrong crop goes far lower)
+    assert np.mean(cosines) >= 0.99 and min(cosines) >= 0.75, sorted(cosines)[:5]
