@@ -129,7 +129,7 @@ _TILT_LEVEL = 0.05  # the silhouette is taken at this share of the object's leve
 _TILT_MIN = 1.0  # smaller tilts are left alone ...
 # ... and so are those whose silhouette is not this much straighter (some catalog items are
 # a little off vertical themselves: a weaker test turns those away from their catalog framing)
-_TILT_GAIN = 1.6
+_TILT_GAIN = 1.45
 
 
 @dataclass(frozen=True)

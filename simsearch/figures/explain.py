@@ -79,7 +79,7 @@ def _draw_row(canvas: Image.Image, draw: ImageDraw.ImageDraw, row: ExplainRow, t
         polarity = "light background: negated" if steps.dark_object else "dark background"
         panels.append((photo, f"as analysed ({w}x{h})", polarity))
         flat = np.ptp(steps.background.reshape(-1, 3), axis=0).max() < 1
-        kind = "a flat colour" if flat else "a smooth surface (uneven light)"
+        kind = "one colour" if flat else "uneven light"
         panels.append(
             (
                 Image.fromarray(steps.background, "RGB"),
