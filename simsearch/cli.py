@@ -470,6 +470,13 @@ def query(
         Path | None,
         typer.Option(help="Also draw the results as a PNG grid, one block of lines per query."),
     ] = None,
+    explain: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also draw what preprocessing did as a PNG, one row per query: the image, "
+            "the background found, the object and its crop, the 28x28 model input.",
+        ),
+    ] = None,
 ) -> None:
     """Print the nearest catalog neighbours of each image (as each one is answered)."""
     with user_errors():
@@ -483,10 +490,12 @@ def query(
         if k > MAX_K:
             raise typer.BadParameter(f"-k must be at most {MAX_K}, got {k}")
         names = _query_names(images or [], from_list)
-        if grid is not None:
+        if grid is not None or explain is not None:
             from simsearch import figures
 
-            figures.check_writable(grid)  # fail before any work
+            for out in (grid, explain):
+                if out is not None:
+                    figures.check_writable(out)  # fail before any work
         index = SearchIndex.load(_index_dir(index_dir))
         filters: dict[str, Any] = {"labels": label or None, "id_prefix": id_prefix}
         filters |= {"min_similarity": min_similarity, "max_distance": max_distance}
@@ -494,9 +503,10 @@ def query(
         output = _Output("json" if as_json else "csv" if as_csv else "table")
         failed = False
         rows = []
+        explained = []
         for name in names:  # one at a time: a bad image must not stop the others
             try:
-                answer = index.query_detail(name, k, **filters)
+                answer = index.query_detail(name, k, explain=explain is not None, **filters)
             except InvalidImageError as exc:
                 failed = True
                 output.error(name, _one_line(str(exc)))
@@ -504,9 +514,14 @@ def query(
             output.hits(name, answer.hits)
             if grid is not None:
                 rows.append(figures.query_row(index, name, name, answer.pixels, answer.hits))
+            if explain is not None:
+                explained.append(figures.ExplainRow(name, answer.pixels, answer.steps))
         if grid is not None and rows:
             figures.query_grid(rows, grid)
             typer.echo(f"wrote {grid}", err=True)  # stdout carries only results
+        if explain is not None and explained:
+            figures.draw_explain(explained, explain)
+            typer.echo(f"wrote {explain}", err=True)
         if failed:
             raise typer.Exit(1)
 

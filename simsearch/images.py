@@ -34,12 +34,14 @@ import io
 import os
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeAlias
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from simsearch import regions
 from simsearch.errors import InvalidImageError
 
 __all__ = [
@@ -66,15 +68,17 @@ MAX_IMAGE_PIXELS: int = 8192 * 8192
 MAX_IMAGE_BYTES: int = 128 * 1024 * 1024
 """Encoded images (files or bytes) larger than this are refused without decoding."""
 
-# Images are decoded (JPEG: DCT-scaled with ``draft``) and box-reduced to about this long side
-# before any float work: plenty for a 28 px result, and it keeps a 6000x6000 photo fast.
-_WORK_SIZE = 512
+# A JPEG is decoded DCT-scaled (``draft``) to no less than this long side: a small item in a
+# large photo keeps enough pixels, and decoding costs less than at full size.
+_DECODE_SIZE = 1024
 # Large images are normalised and reduced a strip of about this many pixels at a time.
 _STRIP_PIXELS = 1 << 20
 # Formats that may be opened. Deliberately short: no EPS/PDF (Ghostscript), no exotic decoders.
 _FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "DIB", "GIF", "TIFF", "PPM", "ICO", "TGA", "AVIF")
 _LOSSY_FORMATS = frozenset({"JPEG", "MPO", "WEBP", "AVIF"})
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601-2, as Pillow's "L"
+_RIM = 0.015  # a cut-out's outline band, share of its size, compared with the band inside it ...
+_RIM_CONTRAST = 4.0  # ... when they differ by this many grey levels
 
 # The constants below were tuned by measuring, on 500 Fashion-MNIST train items re-photographed
 # (enlarged 2-18x with bicubic, tinted, negated, pasted off centre, PNG or JPEG q85/90), the mean
@@ -93,6 +97,67 @@ _EDGE_INSET = 0.25  # refinement samples the profile this many output pixels ins
 _EDGE_LEVEL = 0.55  # ... and puts the edge where the profile crosses this fraction of it
 _SHARPEN = 0.15  # Laplacian sharpening of the 28 px result when the object was enlarged >= 2x
 _RESAMPLE = Image.Resampling.HAMMING
+# Finding the object in a photo (on the image reduced to about _ANALYSIS_SIZE px):
+_ANALYSIS_SIZE = 256
+_RING = 0.04  # the outer band where the background is looked for first, share of the short side
+_EXACT_SHARE = 0.25  # a lossless image's band this much one exact colour: that is the background
+_FIT_POINTS = 4096  # background pixels the surface is fitted to (a regular subsample)
+_MAD_POINTS = 8192  # noise levels are measured on at most this many pixels
+_MIN_AREA = 0.0005  # regions smaller than this share of the image are specks
+_INNER_SHARE = 0.2  # a region cut by the frame's edge loses to one inside with this share of it
+_GROUP_GAP = 0.08  # regions this close to the object (share of its size) belong to it ...
+_GROUP_MASS = 0.01  # ... when they have at least this share of its mass
+# Around the object mask, this share of its size (2 px of a 28 px item; at least 2 analysis
+# pixels) is kept when cropping at full resolution: faint specks near an item frame it too.
+_GATE = 2.0 / 28.0
+_LIGHTER_SHARE = 0.03  # the object is partly lighter than its background from this share on
+_SHADOW_CORE = 0.4  # a cast shadow is fainter than this share of the object's level ...
+_SHADOW_REACH = 0.75  # ... lies farther than this many item pixels from the object's body ...
+_SHADOW_AREA = 0.05  # ... covers at least this share of the object's area ...
+_SHADOW_SMOOTH = 0.018  # ... varies locally by less than this share of its darkness ...
+_SHADOW_DARK = 0.04  # ... has a darkness between this share of the object's level ...
+_SHADOW_FAINT = 0.22  # ... and this one, and lies low: its centre in the object's bottom 30 %
+_SHADOW_LOW = 0.7
+_SHADOW_BESIDE = 0.1  # ... and has this share of it beside the object's body, not under it
+_NOISE_TEXTURE = 0.157  # the texture measure of white noise of sigma 1
+_SHADOW_MARGIN = 1.2  # next to the shadow, what is up to its level times this is shadow too
+_TINT = 0.08  # a background whose colour is this saturated is a coloured surface, not white
+_CROP_SIZE = 336  # the object is cropped at a resolution where it is at most this many px
+_TILT_MAX = 10.0  # tilts searched, degrees either way ...
+_TILT_STEP = 0.25  # ... in these steps
+_TILT_LEVEL = 0.05  # the silhouette is taken at this share of the object's level
+_TILT_MIN = 1.0  # smaller tilts are left alone ...
+# ... and so are those whose silhouette is not this much straighter (some catalog items are
+# a little off vertical themselves: a weaker test turns those away from their catalog framing)
+_TILT_GAIN = 1.45
+
+
+@dataclass(frozen=True)
+class Steps:
+    """What :func:`preprocess` did with one image, to show it (``simsearch.figures.explain``).
+
+    Images are the analysed image: the input reduced to about 256 px, EXIF-oriented,
+    transparency flattened.
+    """
+
+    image: np.ndarray
+    """(h, w, 3) uint8: the image analysed."""
+    background: np.ndarray
+    """(h, w, 3) uint8: the background estimated from it (a colour or a smooth surface)."""
+    mask: np.ndarray
+    """(h, w) bool: the object found."""
+    noise: float
+    """Standard deviation of the background around its estimate, in grey levels."""
+    dark_object: bool
+    """True when the background is light and the object was negated (a product photo)."""
+    shade: float
+    """The background's reflectance as a share of white (1: white, or darker than the object)."""
+    tilt: float
+    """Degrees the object was turned back to upright (0: it was not)."""
+    box: np.ndarray
+    """(4, 2) float: the crop's corners (x, y) in ``image``'s pixels (turned when tilted)."""
+    pixels: np.ndarray
+    """(28, 28) uint8: the model input."""
 
 
 def _fail(name: str, reason: str) -> InvalidImageError:
@@ -353,66 +418,118 @@ def _normalise_mode(im: Image.Image) -> Image.Image:
     return im.convert("RGBA" if has_alpha else "RGB")
 
 
-def _strips(im: Image.Image, factor: int) -> Iterator[tuple[int, Image.Image]]:
-    """(top row, strip) pairs covering ``im``: strips of a multiple of ``factor`` rows and about
-    ``_STRIP_PIXELS`` pixels."""
-    w, h = im.size
-    rows = factor * max(1, _STRIP_PIXELS // (w * factor))
-    for y0 in range(0, h, rows):
-        yield y0, im.crop((0, y0, w, min(h, y0 + rows)))
+Box = tuple[int, int, int, int]  # (x0, y0, x1, y1), pixel edges
 
 
-def _shrink(im: Image.Image, factor: int) -> Image.Image:
-    """Box-reduce ``im`` by ``factor`` into a normalised mode (see :func:`_normalise_mode`).
+def _strips(im: Image.Image, factor: int, box: Box) -> Iterator[tuple[int, Image.Image]]:
+    """(row offset, strip) pairs covering ``box`` of ``im``: strips of a multiple of ``factor``
+    rows and about ``_STRIP_PIXELS`` pixels."""
+    x0, y0, x1, y1 = box
+    rows = factor * max(1, _STRIP_PIXELS // ((x1 - x0) * factor))
+    for top in range(y0, y1, rows):
+        yield top - y0, im.crop((x0, top, x1, min(y1, top + rows)))
+
+
+def _to_levels(
+    im: Image.Image, factor: int, box: Box | None = None, extrema: tuple[float, float] | None = None
+) -> tuple[Image.Image, tuple[float, float] | None]:
+    """The part ``box`` of ``im`` (all of it by default), box-reduced by ``factor``, in a
+    normalised mode (see :func:`_normalise_mode`) -> (image, extrema).
 
     A strip at a time, so the memory this needs beyond the decoded image does not grow with the
-    image. High-bit images are reduced first and scaled to levels after (both are linear), with
-    the scaling chosen from the whole image's range as :func:`_normalise_mode` would.
+    image. High-bit images are reduced first and scaled to levels after (both are linear); the
+    scaling is chosen from ``extrema``, their lowest and highest value, as :func:`_normalise_mode`
+    would from the whole image's (found here when None, and returned for the next part).
     """
-    if im.mode in ("L", "RGB") and "transparency" not in im.info:
-        return im.reduce(factor)  # no copy (Pillow premultiplies a whole RGBA image first)
+    box = box or (0, 0, im.width, im.height)
     high_bit = im.mode in _HIGH_BIT_MODES
+    if factor == 1 and not high_bit:
+        return _normalise_mode(im.crop(box) if box != (0, 0, *im.size) else im), None
+    if im.mode in ("L", "RGB") and "transparency" not in im.info:
+        return im.reduce(factor, box), None  # no copy (Pillow premultiplies a whole RGBA first)
     lo, hi = np.inf, -np.inf
-    w, h = im.size
+    w, h = box[2] - box[0], box[3] - box[1]
     out: Image.Image | None = None
-    for y0, strip in _strips(im, factor):
+    for top, strip in _strips(im, factor, box):
         if high_bit:
             a = _values(strip)
             lo, hi = min(lo, float(a.min())), max(hi, float(a.max()))
-            part = Image.fromarray(a).reduce(factor)
+            part = Image.fromarray(a).reduce(factor) if factor > 1 else Image.fromarray(a)
         else:
             part = _normalise_mode(strip).reduce(factor)
         if out is None:
             out = Image.new(part.mode, (-(-w // factor), -(-h // factor)))
-        out.paste(part, (0, y0 // factor))
-    if out is None:  # pragma: no cover - an image has at least one row
+        out.paste(part, (0, top // factor))
+    if out is None:  # pragma: no cover - a box has at least one row
         raise InvalidImageError("image has no pixels")
-    return _levels(np.asarray(out), im.mode, (lo, hi)) if high_bit else out
+    if not high_bit:
+        return out, None
+    extrema = extrema or (lo, hi)
+    return _levels(np.asarray(out), im.mode, extrema), extrema
 
 
-def _to_float(im: Image.Image) -> np.ndarray:
-    """-> float32 (H, W, C), C = 1 (gray) or 3 (colour), levels in [0, 255], alpha flattened.
+def _unorient_box(box: Box, transpose: Image.Transpose | None, size: tuple[int, int]) -> Box:
+    """A box of the EXIF-oriented image -> the same pixels' box in the stored image of ``size``."""
+    x0, y0, x1, y1 = box
+    w, h = size
+    t = Image.Transpose
+    if transpose is None:
+        return box
+    return {
+        t.FLIP_LEFT_RIGHT: (w - x1, y0, w - x0, y1),
+        t.FLIP_TOP_BOTTOM: (x0, h - y1, x1, h - y0),
+        t.ROTATE_180: (w - x1, h - y1, w - x0, h - y0),
+        t.ROTATE_90: (w - y1, x0, w - y0, x1),
+        t.ROTATE_270: (y0, h - x1, y1, h - x0),
+        t.TRANSPOSE: (y0, x0, y1, x1),
+        t.TRANSVERSE: (w - y1, h - x1, w - y0, h - x0),
+    }[transpose]
+
+
+def _to_float(im: Image.Image, matte: float | None = None) -> tuple[np.ndarray, float]:
+    """-> (float32 (H, W, C), C = 1 (gray) or 3 (colour), levels in [0, 255], alpha flattened;
+    the matte level used).
 
     Transparent pixels are background whatever their colour: they are composited onto black
-    when the opaque part is light on average, else onto white, so the object always contrasts.
+    (``matte`` 0) behind a light object (a catalog-style cut-out) and onto white (255) behind a
+    dark one (a product cut-out), so the object always contrasts; see :func:`_light_cutout`.
     """
-    if im.mode == "F":
-        return np.asarray(im, dtype=np.float32)[:, :, None]
-    if im.mode == "L":
-        return np.asarray(im, dtype=np.float32)[:, :, None]
+    if im.mode in ("F", "L"):
+        return np.asarray(im, dtype=np.float32)[:, :, None], 255.0
     a = np.asarray(im, dtype=np.float32)
     if im.mode == "RGBA":
         alpha = a[:, :, 3:] / 255.0
         rgb = a[:, :, :3]
+        if matte is None:
+            matte = 0.0 if _light_cutout(rgb @ _LUMA, alpha[:, :, 0] > 0.5) else 255.0
         if float(alpha.min()) < 1.0:
-            opaque = alpha[:, :, 0] > 0.5
-            light = bool(opaque.any()) and float((rgb[opaque] @ _LUMA).mean()) >= 127.5
-            matte = 0.0 if light else 255.0
             rgb = rgb * alpha + matte * (1.0 - alpha)
         a = rgb
     if np.array_equal(a[:, :, 0], a[:, :, 1]) and np.array_equal(a[:, :, 0], a[:, :, 2]):
-        return a[:, :, :1]
-    return a
+        a = a[:, :, :1]
+    return a, 255.0 if matte is None else matte
+
+
+def _light_cutout(luma: np.ndarray, opaque: np.ndarray) -> bool:
+    """Is the opaque part of a cut-out a light object (shown on black) or a dark one (on white)?
+
+    An object fades towards what it was cut from along its outline: if its outermost band is
+    clearly darker than the band just inside, it is a light object, if clearly lighter a dark
+    one. A flat outline (a hard cut-out of a flat colour) leaves it to the mean level.
+    """
+    if not opaque.any():
+        return False
+    rows = np.flatnonzero(opaque.any(axis=1))
+    cols = np.flatnonzero(opaque.any(axis=0))
+    r = max(1, round(_RIM * max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1)))
+    inner = regions.erode(opaque, r)
+    rim = opaque & ~inner
+    band = inner & ~regions.erode(inner, 2 * r)
+    if rim.any() and band.any():
+        diff = float(luma[band].mean()) - float(luma[rim].mean())
+        if abs(diff) >= _RIM_CONTRAST:
+            return diff > 0
+    return float(luma[opaque].mean()) >= 127.5
 
 
 def _box_blur3(a: np.ndarray) -> np.ndarray:
@@ -447,7 +564,9 @@ def _edge(p: np.ndarray, start: int, scale: float) -> float:
             new = 0.0
         else:
             a, b = float(p[i - 1]), float(p[i])
-            new = max(0.0, i - 0.5 + ((level - a) / (b - a) if b > a else 0.5))
+            # (the pixel before ``start`` may already be above the level: clamp to this pixel)
+            frac = min(1.0, max(0.0, (level - a) / (b - a))) if b > a else 0.5
+            new = max(0.0, i - 0.5 + frac)
         done = abs(new - e) < 0.01
         e = new
         if done:
@@ -469,23 +588,34 @@ def preprocess(source: ImageInput) -> np.ndarray:
     """Any image -> (28, 28) uint8 in Fashion-MNIST framing and polarity (light object on black).
 
     A 28x28 grayscale image on a dark background (a Fashion-MNIST item as mode L, a (28, 28)
-    uint8 array or a PNG of one) is returned unchanged, bit for bit.
+    uint8 array or a PNG of one) is returned unchanged, bit for bit. Any other image is searched
+    for its object (see the module's description) which is cropped, turned upright if tilted,
+    and framed as the catalog's items are.
 
     Raises:
         InvalidImageError: anything :func:`load_image` refuses, and a blank image (a single
-            colour, or nothing that differs from the background colour).
+            colour, or nothing that stands out from the background).
     """
-    im, name = _load(source, _WORK_SIZE)
+    return _preprocess(source, None)
+
+
+def explain(source: ImageInput) -> tuple[np.ndarray, Steps | None]:
+    """:func:`preprocess` and what it did: ((28, 28) uint8, :class:`Steps`), Steps None for a
+    28x28 image (used as it is, or only negated and stretched).
+
+    Raises:
+        InvalidImageError: as :func:`preprocess`.
+    """
+    record: list[Steps] = []
+    pixels = _preprocess(source, record)
+    return pixels, (record[0] if record else None)
+
+
+def _preprocess(source: ImageInput, record: list[Steps] | None) -> np.ndarray:
+    im, name = _load(source, _DECODE_SIZE)
     lossy = im.format in _LOSSY_FORMATS
     transpose = _orientation(im)
-    factor = max(im.size) // _WORK_SIZE
-    if factor >= 2:
-        # Shrink before anything else, the EXIF rotation included: the extra memory stays small
-        # whatever the size and mode of the image (a 16-bit 8192x8192 PNG is 128 MB decoded).
-        im = _shrink(im, factor)
-        if transpose is not None:
-            im = im.transpose(transpose)
-    else:
+    if im.size == (SIZE, SIZE):
         if transpose is not None:
             im = im.transpose(transpose)
         exact = _gray28(im)
@@ -497,38 +627,501 @@ def preprocess(source: ImageInput) -> np.ndarray:
                 if int(exact.min()) == int(exact.max()):
                     raise _fail(name, "blank image (a single colour, no object)")
                 return exact
-        im = _normalise_mode(im)
-    a = _to_float(im)
-    return _frame(a, lossy, name)
+        return _frame28(_to_float(_normalise_mode(im))[0], lossy, name)
+    # The object is found on a small copy; only its neighbourhood is then read at a resolution
+    # that suits its size. Both are box-reduced from the decoded image a strip at a time, before
+    # the EXIF rotation, so the memory needed stays small whatever the image's size and mode.
+    factor = max(1, -(-max(im.size) // _ANALYSIS_SIZE))
+    small, extrema = _to_levels(im, factor)
+    if transpose is not None:
+        small = small.transpose(transpose)
+    a, matte = _to_float(small)
+    scene = _analyse(a, lossy)
+    if scene is None:
+        raise _fail(name, "blank image (a single colour, no object)")
+    oriented = im.size if transpose not in _SWAPS else (im.height, im.width)
+    box, step = _region(scene, factor, oriented)
+    part, _ = _to_levels(im, step, _unorient_box(box, transpose, im.size), extrema)
+    if transpose is not None:
+        part = part.transpose(transpose)
+    roi, _ = _to_float(part, matte)
+    floor = _T_LOSSY if lossy else _T_LOSSLESS
+    # pixel edges of the neighbourhood -> of the analysis image: origin + scale * (x, y)
+    origin = np.array([box[0], box[1]], np.float64) / factor
+    signed, thr, tilt, to_analysis = _object_map(roi, scene, floor, origin, step / factor)
+    pixels, crop = _crop(signed, thr, lossy, name)
+    if record is not None:
+        record.append(_steps(scene, tilt, to_analysis, crop, pixels))
+    return pixels
 
 
-def _frame(a: np.ndarray, lossy: bool, name: str) -> np.ndarray:
-    """(H, W, C) float levels -> (28, 28) uint8: polarity, trim, resize, sharpen, centre."""
-    h, w, c = a.shape
-    k = max(1, round(min(h, w) / 14))  # corner patches: 2x2 px on a 28x28 image
+_SWAPS = (
+    Image.Transpose.ROTATE_90,
+    Image.Transpose.ROTATE_270,
+    Image.Transpose.TRANSPOSE,
+    Image.Transpose.TRANSVERSE,
+)
+
+
+def _region(scene: _Scene, factor: int, size: tuple[int, int]) -> tuple[Box, int]:
+    """The object's neighbourhood in the (oriented) decoded image of ``size`` and the factor it
+    is reduced by so that the object is at most _CROP_SIZE px: (box, step); the box's sides are
+    multiples of the step unless it reaches the image's edge."""
+    rows = np.flatnonzero(scene.mask.any(axis=1))
+    cols = np.flatnonzero(scene.mask.any(axis=0))
+    extent = int(max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1))
+    margin = max(2, round(_GATE * extent)) + 3
+    step = max(1, -(-extent * factor // _CROP_SIZE))
+    w, h = size
+    x0 = max(0, int(cols[0] - margin) * factor)
+    y0 = max(0, int(rows[0] - margin) * factor)
+    x1 = min(w, int(cols[-1] + 1 + margin) * factor)
+    y1 = min(h, int(rows[-1] + 1 + margin) * factor)
+    x1 = min(w, x0 + max(step, (x1 - x0) // step * step))
+    y1 = min(h, y0 + max(step, (y1 - y0) // step * step))
+    return (x0, y0, x1, y1), step
+
+
+def _frame28(a: np.ndarray, lossy: bool, name: str) -> np.ndarray:
+    """A 28x28 image that is not Fashion-MNIST-like as such: polarity and contrast only."""
+    c = a.shape[2]
+    k = 2  # corner patches: 2x2 px
     corners = np.concatenate([a[:k, :k], a[:k, -k:], a[-k:, :k], a[-k:, -k:]], axis=None).reshape(
         -1, c
     )
     bg = np.median(corners, axis=0)
-    if c == 3:
-        luma = a @ _LUMA
-        corner_luma = corners @ _LUMA
-        bg_luma = float(bg @ _LUMA)
-    else:
-        luma = a[:, :, 0]
-        corner_luma = corners[:, 0]
-        bg_luma = float(bg[0])
-    # Bright background: a product photo, dark object: negate. Intensities relative to the
-    # background; what is on the wrong side of it (lighter than a white background) is dropped.
+    luma = a @ _LUMA if c == 3 else a[:, :, 0]
+    corner_luma = corners @ _LUMA if c == 3 else corners[:, 0]
+    bg_luma = float(bg @ _LUMA) if c == 3 else float(bg[0])
     signed = (bg_luma - luma) if bg_luma > 127.5 else (luma - bg_luma)
     v = np.clip(signed, 0.0, None).astype(np.float32)
     sigma = 1.4826 * float(np.median(np.abs(corner_luma - bg_luma)))
     thr = max(_T_LOSSY if lossy else _T_LOSSLESS, _NOISE_K * sigma)
+    if not (v > thr).any():
+        raise _fail(name, "blank image (a single colour, no object)")
+    return _stretch(v, float(v.max()))
+
+
+@dataclass
+class _Scene:
+    """What :func:`_analyse` found on the analysis image (the input reduced to ~256 px)."""
+
+    image: np.ndarray  # (h, w, C) float levels
+    luma: np.ndarray  # (h, w)
+    coef: np.ndarray  # (6, C) background surface: columns of _surface_terms -> levels
+    dark_object: bool  # light background: the object is darker (a product photo)
+    darkness: np.ndarray  # (h, w) object-signed difference from the background, in levels
+    noise: float  # sigma of ``darkness`` on the background
+    mask: np.ndarray  # (h, w) bool: the object
+    shade: float  # the background's reflectance as a share of white (see _shade)
+
+
+def _surface_terms(yy: np.ndarray, xx: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(n, 6) quadratic terms [1, x, y, x^2, xy, y^2] of points (``yy``, ``xx``, any shape, in
+    the analysis image's pixel coordinates), normalised to [-1, 1] over ``shape`` (h, w)."""
+    y = (yy.ravel().astype(np.float32) + 0.5) * (2.0 / shape[0]) - 1.0
+    x = (xx.ravel().astype(np.float32) + 0.5) * (2.0 / shape[1]) - 1.0
+    return np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=1)
+
+
+def _grid_terms(h: int, w: int) -> np.ndarray:
+    """:func:`_surface_terms` of every pixel of an (h, w) analysis image, row-major."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    return _surface_terms(yy, xx, (h, w))
+
+
+def _mad_sigma(values: np.ndarray) -> float:
+    """Robust standard deviation (1.4826 median absolute deviation) of at most _MAD_POINTS
+    evenly spaced ``values``."""
+    values = values.ravel()
+    if values.size == 0:
+        return 0.0
+    if values.size > _MAD_POINTS:
+        values = values[:: values.size // _MAD_POINTS + 1]
+    return 1.4826 * float(np.median(np.abs(values - np.median(values))))
+
+
+def _ring(h: int, w: int) -> np.ndarray:
+    """(h, w) bool: the image's outer band, where the background is looked for first."""
+    b = max(1, round(_RING * min(h, w)))
+    ring = np.ones((h, w), bool)
+    ring[b:-b, b:-b] = False
+    return ring
+
+
+def _exact_background(
+    image: np.ndarray, luma: np.ndarray, ring: np.ndarray
+) -> tuple[np.ndarray, bool, np.ndarray] | None:
+    """A lossless image whose outer band is largely one exact colour (a rendered or composited
+    image: the catalog's black, a cut-out's matte) has that colour as its background, even
+    where the object fills most of the band; else None (a photo: fit it)."""
+    values, counts = np.unique(luma[ring], return_counts=True)
+    top = int(np.argmax(counts))
+    if counts[top] < _EXACT_SHARE * int(ring.sum()):
+        return None
+    is_bg = luma == values[top]
+    coef = np.zeros((6, image.shape[2]), np.float32)
+    coef[0] = np.median(image[is_bg], axis=0)
+    return coef, bool(values[top] > 127.5), is_bg
+
+
+def _fit_background(
+    image: np.ndarray, luma: np.ndarray, ring: np.ndarray
+) -> tuple[np.ndarray, bool, np.ndarray]:
+    """-> (coef (6, C), dark_object, background pixels (h, w) bool).
+
+    The background is a smooth surface (uneven light, vignetting): a quadratic in x and y per
+    channel, fitted robustly first to the outer band, then to every pixel that looks like
+    background. A constant is kept unless the surface fits clearly better.
+    """
+    h, w, c = image.shape
+    flat = image.reshape(-1, c)
+    terms = _grid_terms(h, w)
+    level = float(np.median(luma[ring]))
+    dark_object = level > 127.5
+    spread = max(_mad_sigma(luma[ring]), 0.5)
+    sample = ring & (np.abs(luma - level) <= 4.0 * spread)
+    coef = np.zeros((6, c), np.float32)
+    for _ in range(3):
+        idx = np.flatnonzero(sample.ravel())
+        if len(idx) > _FIT_POINTS:
+            idx = idx[:: len(idx) // _FIT_POINTS + 1]
+        const = np.median(flat[idx], axis=0)
+        quad = _least_squares(terms[idx], flat[idx])
+        r_const = (flat[idx] - const) @ _weights(c)
+        r_quad = (flat[idx] - terms[idx] @ quad) @ _weights(c)
+        # the surface only where it explains the background clearly better than a colour
+        if _mad_sigma(r_quad) < 0.8 * _mad_sigma(r_const):
+            coef = quad
+        else:
+            coef = np.zeros((6, c), np.float32)
+            coef[0] = const
+        resid = luma.ravel() - (terms @ coef) @ _weights(c)
+        if not dark_object:
+            resid = -resid
+        sigma = max(_mad_sigma(resid[idx]), 0.5)
+        # background: within 3 sigma below it, 5 above it (the object is on one side only)
+        sample = ((resid > -3.0 * sigma) & (resid < 5.0 * sigma)).reshape(h, w)
+    return coef, dark_object, sample
+
+
+def _least_squares(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """argmin_x |a x - b| for a few columns, by the normal equations (an SVD costs ~100x more)."""
+    a64 = a.astype(np.float64)
+    gram = a64.T @ a64
+    gram += np.eye(len(gram)) * (1e-9 * float(np.trace(gram)))  # a degenerate sample: stay finite
+    return np.linalg.solve(gram, a64.T @ b.astype(np.float64)).astype(np.float32)
+
+
+def _weights(c: int) -> np.ndarray:
+    return _LUMA if c == 3 else np.ones(1, np.float32)
+
+
+def _analyse(image: np.ndarray, lossy: bool) -> _Scene | None:
+    """Background, noise and object mask of the analysis image (H, W, C) float levels."""
+    c = image.shape[2]
+    ah, aw = image.shape[:2]
+    luma = image @ _LUMA if c == 3 else image[:, :, 0]
+    ring = _ring(ah, aw)
+    exact = None if lossy else _exact_background(image, luma, ring)
+    coef, dark_object, is_bg = exact or _fit_background(image, luma, ring)
+    bg_luma = (_grid_terms(ah, aw) @ coef @ _weights(c)).reshape(ah, aw)
+    darkness = _darkness(luma, bg_luma, dark_object)
+    smooth = _box_blur3(darkness)
+    noise = _mad_sigma(darkness[is_bg])
+    noise_s = _mad_sigma(smooth[is_bg])
+    low = max((_T_LOSSY if lossy else _T_LOSSLESS), _NOISE_K * noise_s)
+    # The object is what differs from the background either way: a light item on a cream sheet
+    # has parts lighter than the sheet (see _shade).
+    mask = _object_mask(np.abs(smooth), low, 2.0 * low)
+    if mask is None:
+        return None
+    background = (_grid_terms(ah, aw) @ coef).reshape(ah, aw, c)
+    shade = _shade(smooth, mask, low, background) if dark_object else 1.0
+    return _Scene(image, luma, coef, dark_object, darkness, noise, mask, shade)
+
+
+def _shade(smooth: np.ndarray, mask: np.ndarray, low: float, background: np.ndarray) -> float:
+    """The background's reflectance as a share of white, or 1 when it looks white.
+
+    A product photo's object is measured against white: its darkness is 1 - reflectance.
+    A neutral background is taken as white (a white sheet, however it is lit or exposed) unless
+    part of the object is clearly lighter than it; a tinted one (cream, beige) is a coloured
+    surface. Then its reflectance is its level where it is lit most, as a share of 255 (a photo
+    exposed for white). ``background``: (h, w, C) levels of the fitted background.
+    """
+    flat = background.reshape(-1, background.shape[2])
+    brightest = flat[int(np.argmax(flat @ _weights(flat.shape[1])))]
+    level = float(brightest @ _weights(len(brightest)))
+    tint = float((brightest.max() - brightest.min()) / max(float(brightest.max()), 1.0))
+    lighter = -smooth[mask]  # relative levels: 255 (luma - background) / background
+    lighter_parts = lighter.size >= 16 and np.mean(lighter > 2.0 * low) >= _LIGHTER_SHARE
+    if tint < _TINT and not lighter_parts:
+        return 1.0
+    return float(np.clip(level / 255.0, 0.05, 1.0))
+
+
+def _darkness(luma: np.ndarray, bg_luma: np.ndarray, dark_object: bool) -> np.ndarray:
+    """Object-signed difference from the background, in levels: on a light background the
+    relative darkness (so that uneven light cancels), on a dark one the difference."""
+    if dark_object:
+        return ((bg_luma - luma) * (255.0 / np.maximum(bg_luma, 1.0))).astype(np.float32)
+    return (luma - bg_luma).astype(np.float32)
+
+
+def _object_mask(smooth: np.ndarray, low: float, high: float) -> np.ndarray | None:
+    """The object: regions above ``low`` that reach ``high``, the largest one and those near
+    it, specks dropped and holes filled; None if there is nothing."""
+    h, w = smooth.shape
+    labels, count = regions.label(smooth > low)
+    if count == 0:
+        return None
+    flat = labels.ravel()
+    area = np.bincount(flat, minlength=count + 1)[1:]
+    mass = np.bincount(flat, weights=smooth.ravel(), minlength=count + 1)[1:]
+    peak = np.zeros(count + 1, np.float32)
+    np.maximum.at(peak, flat, smooth.ravel())
+    peak = peak[1:]
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    touches = np.zeros(count, bool)
+    touches[edge[edge > 0] - 1] = True
+    keep = (peak >= high) & (area >= max(2, _MIN_AREA * h * w))
+    if not keep.any():
+        keep = peak >= high
+        if not keep.any():
+            return None
+    score = np.where(keep, mass, -1.0)
+    main = int(np.argmax(score))
+    inner = np.where(keep & ~touches, mass, -1.0)
+    if touches[main] and inner.max() >= _INNER_SHARE * mass[main]:
+        main = int(np.argmax(inner))  # clutter cut by the frame's edge, the object inside
+    y0, x0, y1, x1 = regions.boxes(labels, count)
+    gap = _GROUP_GAP * max(y1[main] - y0[main] + 1, x1[main] - x0[main] + 1)
+    dy = np.maximum(0, np.maximum(y0 - y1[main], y0[main] - y1))
+    dx = np.maximum(0, np.maximum(x0 - x1[main], x0[main] - x1))
+    near = (
+        keep
+        & (np.maximum(dx, dy) <= gap)
+        & (mass >= _GROUP_MASS * mass[main])
+        & (~touches | touches[main])
+    )
+    near[main] = True
+    chosen = np.concatenate([[False], near])
+    return regions.fill_holes(chosen[labels])
+
+
+def _outline(values: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Sub-pixel points (x, y) where ``values`` first and last rises above ``level`` along
+    every row and every column: the object's outer silhouette."""
+    m = values > level
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    for v, mm, transpose in ((values, m, False), (values.T, m.T, True)):
+        lines = np.flatnonzero(mm.any(axis=1))
+        n = v.shape[1]
+        first = np.argmax(mm[lines], axis=1)
+        last = n - 1 - np.argmax(mm[lines, ::-1], axis=1)
+        for inside, step in ((first, -1), (last, 1)):
+            outside = inside + step
+            ok = (outside >= 0) & (outside < n)
+            li, ins, out = lines[ok], inside[ok], outside[ok]
+            a, b = v[li, out], v[li, ins]
+            pos = out + (level - a) / np.maximum(b - a, 1e-6) * (ins - out)
+            if transpose:
+                xs.append(li.astype(np.float64))
+                ys.append(pos.astype(np.float64))
+            else:
+                xs.append(pos.astype(np.float64))
+                ys.append(li.astype(np.float64))
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _tilt(smooth: np.ndarray, mask: np.ndarray, low: float) -> float:
+    """Degrees the object is turned counter-clockwise, 0 unless clearly so.
+
+    Catalog items stand upright and their outer silhouette has long straight vertical and
+    horizontal runs (sides, hems, soles). The silhouette points are projected on axes turned by
+    each candidate angle; the angle whose projections pile up most (sum of squared histogram
+    counts) wins, if it is at least _TILT_MIN off and piles up clearly more than upright.
+    """
+    values = np.where(mask, smooth, 0.0)
+    inside = values[mask]
+    level = max(low, _TILT_LEVEL * float(np.quantile(inside, 0.95))) if inside.size else low
+    xs, ys = _outline(values, level)
+    if len(xs) < 16:
+        return 0.0
+    angles = np.arange(-_TILT_MAX, _TILT_MAX + 1e-9, _TILT_STEP)
+    t = np.radians(angles)[:, None]
+    c, s = np.cos(t), np.sin(t)
+    scores = _pile_up(xs * c - ys * s) + _pile_up(xs * s + ys * c)
+    j = int(np.argmax(scores))
+    best = float(angles[j])
+    if 0 < j < len(angles) - 1:  # parabola through the peak and its neighbours
+        y0, y1, y2 = scores[j - 1 : j + 2]
+        den = y0 - 2.0 * y1 + y2
+        if den < 0:
+            best += float(0.5 * (y0 - y2) / den) * _TILT_STEP
+    upright = scores[int(np.argmin(np.abs(angles)))]
+    if abs(best) < _TILT_MIN or scores[j] < _TILT_GAIN * upright:
+        return 0.0
+    return best
+
+
+def _pile_up(u: np.ndarray) -> np.ndarray:
+    """(A, N) projections -> (A,) sums of squared counts of each row's histogram in half-pixel
+    bins (linear binning): large when many points share a line."""
+    z = (u - u.min(axis=1, keepdims=True)) * 2.0
+    i = np.floor(z).astype(np.int64)
+    f = z - i
+    width = int(i.max()) + 2
+    i += np.arange(len(u))[:, None] * width  # one histogram per row, side by side
+    size = len(u) * width
+    hist = np.bincount(i.ravel(), weights=(1.0 - f).ravel(), minlength=size)
+    hist[1:] += np.bincount(i.ravel(), weights=f.ravel(), minlength=size)[:-1]
+    return (hist * hist).reshape(len(u), width).sum(axis=1)
+
+
+def _object_map(
+    roi: np.ndarray, scene: _Scene, floor: float, origin: np.ndarray, scale: float
+) -> tuple[np.ndarray, float, float, np.ndarray]:
+    """The object's neighbourhood ``roi`` (H, W, C) as signed darkness, turned upright if tilted.
+
+    ``roi``'s pixel edges (x, y) are ``origin + scale * (x, y)`` in the analysis image. Returns
+    (signed darkness, 0 away from the object; the threshold above which it is object, ``floor``
+    or more with noise; the tilt corrected in degrees; (2, 3) affine map from its pixel edges to
+    the analysis image's).
+    """
+    h, w, c = roi.shape
+    luma = roi @ _LUMA if c == 3 else roi[:, :, 0]
+    # the background surface at these pixels' centres, as analysis image pixel indices
+    ys = origin[1] + (np.arange(h) + 0.5) * scale - 0.5
+    xs = origin[0] + (np.arange(w) + 0.5) * scale - 0.5
+    yy, xx = np.meshgrid(ys, xs, indexing="ij")
+    terms = _surface_terms(yy, xx, scene.mask.shape)
+    bg_luma = (terms @ (scene.coef @ _weights(scene.coef.shape[1]))).reshape(h, w)
+    signed = _darkness(luma, bg_luma, scene.dark_object)
+    rows = np.flatnonzero(scene.mask.any(axis=1))
+    cols = np.flatnonzero(scene.mask.any(axis=0))
+    radius = max(2, round(_GATE * max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1)))
+    gate_a = regions.dilate(scene.mask, radius)
+    gy = np.clip(np.floor(ys + 0.5).astype(int), 0, gate_a.shape[0] - 1)
+    gx = np.clip(np.floor(xs + 0.5).astype(int), 0, gate_a.shape[1] - 1)
+    gate = gate_a[np.ix_(gy, gx)]
+    outside = signed[~gate]
+    sigma = _mad_sigma(outside) if outside.size >= 64 else scene.noise / scale
+    thr = max(floor, _NOISE_K * sigma)
+    if scene.shade < 1.0:
+        # Darkness against white (1 - reflectance) where the object differs from the
+        # background either way; the background itself, not white, stays 0, and the object's
+        # fringe (part object, part background) goes from one to the other.
+        offset = 255.0 * (1.0 - scene.shade)
+        weight = np.clip((np.abs(_box_blur3(signed)) - thr) / offset, 0.0, 1.0)
+        weight = np.where(regions.fill_holes(gate & (weight > 0)), np.maximum(weight, 0.0), 0.0)
+        inside = regions.fill_holes(weight >= 1.0)
+        weight = np.where(inside, 1.0, weight)
+        against_white = 255.0 - scene.shade * (255.0 - signed)
+        signed = weight * against_white + (1.0 - weight) * np.maximum(signed, 0.0)
+    part = np.where(gate, signed, 0.0).astype(np.float32)
+    unit = max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1) / scale / SIZE  # px per item px
+    smooth = _box_blur3(part)
+    # A cast shadow shows on a light surface only: on a dark one (the catalog's polarity) a
+    # faint, smooth region low in the object is part of it (a sneaker's sole).
+    without = _drop_shadow(part, smooth, thr, sigma, unit) if scene.dark_object else part
+    if without is not part:
+        part, smooth = without, _box_blur3(without)
+    to_analysis = np.array([[scale, 0.0, origin[0]], [0.0, scale, origin[1]]])
+    tilt = _tilt(smooth, smooth > thr, thr)
+    if tilt:
+        turned = Image.fromarray(part).rotate(
+            -tilt, Image.Resampling.BILINEAR, expand=True, fillcolor=0.0
+        )
+        # Pillow maps an output point q to the input point c_in + M (q - c_out)
+        t = np.radians(tilt)
+        rot = np.array([[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]])
+        c_in = np.array([w / 2.0, h / 2.0])
+        c_out = np.array([turned.width / 2.0, turned.height / 2.0])
+        lin = to_analysis[:, :2] @ rot
+        shift = to_analysis[:, :2] @ (c_in - rot @ c_out) + to_analysis[:, 2]
+        to_analysis = np.hstack([lin, shift[:, None]])
+        part = np.asarray(turned, np.float32)
+    return part, thr, tilt, to_analysis
+
+
+def _drop_shadow(
+    part: np.ndarray, smooth: np.ndarray, thr: float, sigma: float, unit: float
+) -> np.ndarray:
+    """``part`` without the cast shadow of the object.
+
+    The object's body is what is darker than _SHADOW_CORE of its level (holes filled), with
+    _SHADOW_REACH item pixels (``unit`` px each) around it. A faint region beyond that is a
+    shadow on the floor when it is large (_SHADOW_AREA of the object; an item's faint parts are
+    thin), smooth (a blurred silhouette: no texture), not too faint (_SHADOW_DARK of the level)
+    and lies in the object's lower part. Shadows are set to 0. ``smooth``: ``part`` box-blurred.
+    """
+    obj = smooth > thr
+    if obj.sum() < 64:
+        return part
+    level = float(np.quantile(smooth[obj], 0.9))
+    core = regions.fill_holes(smooth > _SHADOW_CORE * level)
+    near = regions.dilate(core, max(1, round(_SHADOW_REACH * unit)))
+    extra = obj & ~near
+    body_area = float((obj & near).sum())
+    if extra.sum() < _SHADOW_AREA * body_area:
+        return part
+    labels, count = regions.label(extra)
+    flat = labels.ravel()
+    area = np.bincount(flat, minlength=count + 1)[1:]
+    mean = np.bincount(flat, weights=smooth.ravel(), minlength=count + 1)[1:] / np.maximum(area, 1)
+    # texture: the darkness's departure from its own local mean, relative to the darkness
+    rough = np.abs(smooth - _box_blur3(_box_blur3(smooth))).ravel()
+    texture = np.bincount(flat, weights=rough, minlength=count + 1)[1:] / np.maximum(area, 1)
+    ys = np.nonzero(obj)[0]
+    row_sum = np.bincount(
+        flat, weights=np.repeat(np.arange(part.shape[0]), part.shape[1]), minlength=count + 1
+    )[1:]
+    top, bottom = ys.min(), ys.max()
+    position = (row_sum / np.maximum(area, 1) - top) / max(1, bottom - top)  # 0 top .. 1 bottom
+    # a shadow falls beside the object too (offset, blurred); a sole or hem stays under it
+    core_cols = np.flatnonzero(core.any(axis=0))
+    margin = max(1.0, 0.5 * unit)
+    beside_col = (np.arange(part.shape[1]) < core_cols[0] - margin) | (
+        np.arange(part.shape[1]) > core_cols[-1] + margin
+    )
+    beside = np.bincount(
+        flat, weights=np.tile(beside_col, part.shape[0]).astype(np.float64), minlength=count + 1
+    )[1:] / np.maximum(area, 1)
+    shadow = (
+        (area >= _SHADOW_AREA * body_area)
+        & (beside >= _SHADOW_BESIDE)
+        & (texture - _NOISE_TEXTURE * sigma < _SHADOW_SMOOTH * mean)
+        & (mean >= _SHADOW_DARK * level)
+        & (mean < _SHADOW_FAINT * level)
+        & (position > _SHADOW_LOW)
+    )
+    if not shadow.any():
+        return part
+    dropped = np.isin(labels, np.flatnonzero(shadow) + 1)
+    # What is left of the shadow lies next to the body, within the shadow's reach and no
+    # darker than it: cleared too, there only (an item's faint parts elsewhere stay).
+    ceiling = _SHADOW_MARGIN * float(np.quantile(smooth[dropped], 0.98))
+    ys, xs = np.nonzero(dropped)
+    reach = max(1, round(_SHADOW_REACH * unit)) + 1
+    y0, x0 = max(0, ys.min() - reach), max(0, xs.min() - reach)
+    y1, x1 = ys.max() + 1 + reach, xs.max() + 1 + reach
+    zone = np.zeros_like(dropped)
+    zone[y0:y1, x0:x1] = True
+    dropped |= zone & (smooth < ceiling)
+    return np.where(dropped, 0.0, part).astype(np.float32)
+
+
+def _crop(signed: np.ndarray, thr: float, lossy: bool, name: str) -> tuple[np.ndarray, tuple]:
+    """The object's box in ``signed`` (sub-pixel edges), resampled to 28 px, sharpened, centred
+    and stretched -> ((28, 28) uint8, box (x0, y0, x1, y1) in ``signed``'s pixels)."""
+    h, w = signed.shape
+    v = np.clip(signed, 0.0, None).astype(np.float32)
     mask = v > thr
     if not mask.any():
         raise _fail(name, "blank image (a single colour, no object)")
-    if (h, w) == (SIZE, SIZE):  # already at model size: keep the framing
-        return _stretch(v, float(v.max()))
     x0, y0, x1, y1 = _bbox(mask)
     scale = max(x1 - x0, y1 - y0) / SIZE  # input px per output px
     prof = v
@@ -536,7 +1129,7 @@ def _frame(a: np.ndarray, lossy: bool, name: str) -> np.ndarray:
         blurred = _box_blur3(signed)
         prof = np.clip(blurred, 0.0, None).astype(np.float32)
         peak = float(prof.max())
-        if lossy and scale < 8.0:
+        if lossy:
             thr = max(thr, _T_LOSSY_REL * peak)
         mask = prof > thr
         if not mask.any():
@@ -576,7 +1169,32 @@ def _frame(a: np.ndarray, lossy: bool, name: str) -> np.ndarray:
     res = _stretch(out, peak)
     if not res.any():
         raise _fail(name, "blank image (a single colour, no object)")
-    return res
+    return res, box
+
+
+def _steps(
+    scene: _Scene, tilt: float, to_analysis: np.ndarray, box: tuple, pixels: np.ndarray
+) -> Steps:
+    c = scene.image.shape[2]
+    image = scene.image if c == 3 else np.repeat(scene.image, 3, axis=2)
+    ah, aw = scene.mask.shape
+    bg = (_grid_terms(ah, aw) @ scene.coef).reshape(ah, aw, c)
+    if c == 1:
+        bg = np.repeat(bg, 3, axis=2)
+    x0, y0, x1, y1 = box
+    corners = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float64)
+    corners = corners @ to_analysis[:, :2].T + to_analysis[:, 2]
+    return Steps(
+        image=np.clip(np.rint(image), 0, 255).astype(np.uint8),
+        background=np.clip(np.rint(bg), 0, 255).astype(np.uint8),
+        mask=scene.mask.copy(),
+        noise=float(scene.noise),
+        dark_object=scene.dark_object,
+        shade=float(scene.shade),
+        tilt=float(tilt),
+        box=corners,
+        pixels=pixels.copy(),
+    )
 
 
 def preprocess_array(images: np.ndarray) -> np.ndarray:

@@ -28,7 +28,8 @@ from simsearch.errors import (
     ItemNotFoundError,
 )
 from simsearch.hit import Hit, ItemFields, many_objects, ranked_hits
-from simsearch.images import ImageInput, preprocess, preprocess_array
+from simsearch.images import ImageInput, Steps, preprocess, preprocess_array
+from simsearch.images import explain as explain_preprocessing
 from simsearch.vector_index import VectorIndex
 
 if TYPE_CHECKING:
@@ -120,6 +121,7 @@ class QueryResult:
 
     pixels: NDArray[np.uint8]  # (28, 28), as simsearch.images.preprocess made it
     hits: list[Hit]
+    steps: Steps | None = None  # what preprocessing did, when asked (see images.explain)
 
 
 @dataclass(frozen=True)
@@ -610,11 +612,17 @@ class SearchIndex:
 
         return find_duplicates(self, threshold, against=against, exact=exact, reporter=reporter)
 
-    def query_detail(self, image: ImageInput, k: int = 10, **filters: Any) -> QueryResult:
-        """Like :meth:`query`, with the (28, 28) uint8 model input the image became: the one
-        query path the CLI and the server share."""
-        pixels = preprocess(image)
-        return QueryResult(pixels, self.query_pixels(pixels[None], k, **filters)[0])
+    def query_detail(
+        self, image: ImageInput, k: int = 10, explain: bool = False, **filters: Any
+    ) -> QueryResult:
+        """Like :meth:`query`, with the (28, 28) uint8 model input the image became (and with
+        ``explain``, what preprocessing found: :class:`simsearch.images.Steps`): the one query
+        path the CLI and the server share."""
+        if explain:
+            pixels, steps = explain_preprocessing(image)
+        else:
+            pixels, steps = preprocess(image), None
+        return QueryResult(pixels, self.query_pixels(pixels[None], k, **filters)[0], steps)
 
     def query(self, image: ImageInput, k: int = 10, **filters: Any) -> list[Hit]:
         """The k most similar catalog items to one image (path, bytes, PIL image or array).

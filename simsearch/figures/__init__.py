@@ -5,6 +5,8 @@
 - ``reconstructions``: :func:`reconstruct` (Pillow; TensorFlow for an autoencoder),
   ``simsearch reconstruct``.
 - ``curves``: :func:`training_curve` (matplotlib), drawn by ``build-index`` after training.
+- ``explain``: :func:`draw_explain` (Pillow), what preprocessing did with query images,
+  ``simsearch query --explain``.
 - ``drawing``: what they share (output checks, fonts, tiles, colours).
 
 Pillow figures have exact pixel sizes (see each module's layout constants). matplotlib (Agg
@@ -15,6 +17,7 @@ options and ``MissingDependencyError`` when an optional package is missing.
 
 from simsearch.figures.curves import CURVE_SIZE, loss_label, training_curve
 from simsearch.figures.drawing import DPI, MARGIN, PAD, check_writable
+from simsearch.figures.explain import ExplainRow, draw_explain, explain_size
 from simsearch.figures.grids import (
     CAPTION,
     CELL_H,
@@ -63,12 +66,15 @@ __all__ = [
     "SEPARATOR",
     "TILE",
     "TSNE_ITERATIONS",
+    "ExplainRow",
     "MapResult",
     "QueryRow",
     "ReconstructionResult",
     "ReconstructionRow",
     "check_writable",
+    "draw_explain",
     "embedding_map",
+    "explain_size",
     "loss_label",
     "project_2d",
     "query_grid",
