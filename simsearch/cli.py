@@ -134,13 +134,15 @@ def build_index_cmd(
         str,
         typer.Option(
             help="auto (flat up to 20,000 items, hnsw up to 2,000,000, ivf above), flat (exact), "
-            "hnsw or ivf."
+            "hnsw, ivf, or ivf-fastscan (4-bit codes re-ranked exactly: ~25 bytes per vector)."
         ),
     ] = "auto",
     hnsw_m: Annotated[int | None, typer.Option(help="HNSW: links per node [32].")] = None,
     ef_search: Annotated[int | None, typer.Option(help="HNSW: search breadth [64].")] = None,
     nlist: Annotated[int | None, typer.Option(help="IVF: lists [4*sqrt(n)].")] = None,
-    nprobe: Annotated[int | None, typer.Option(help="IVF: lists searched [16].")] = None,
+    nprobe: Annotated[
+        int | None, typer.Option(help="IVF: lists searched [ivf 16, ivf-fastscan 8].")
+    ] = None,
     pq_m: Annotated[
         int | None, typer.Option(help="IVF: product-quantizer bytes per vector (0 = IVF-Flat).")
     ] = None,

@@ -69,8 +69,9 @@ MAX_IMAGE_BYTES: int = 128 * 1024 * 1024
 """Encoded images (files or bytes) larger than this are refused without decoding."""
 
 # A JPEG is decoded DCT-scaled (``draft``) to no less than this long side: a small item in a
-# large photo keeps enough pixels, and decoding costs less than at full size.
-_DECODE_SIZE = 1024
+# large photo keeps enough pixels, and decoding costs less than at full size (a 12-megapixel
+# 4:3 photo decodes at 1/4 scale, about 1000x750, from here down).
+_DECODE_SIZE = 960
 # Large images are normalised and reduced a strip of about this many pixels at a time.
 _STRIP_PIXELS = 1 << 20
 # Formats that may be opened. Deliberately short: no EPS/PDF (Ghostscript), no exotic decoders.
@@ -724,10 +725,21 @@ def _surface_terms(yy: np.ndarray, xx: np.ndarray, shape: tuple[int, int]) -> np
     return np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=1)
 
 
-def _grid_terms(h: int, w: int) -> np.ndarray:
-    """:func:`_surface_terms` of every pixel of an (h, w) analysis image, row-major."""
-    yy, xx = np.mgrid[0:h, 0:w]
-    return _surface_terms(yy, xx, (h, w))
+def _surface(
+    coef: np.ndarray, ys: np.ndarray, xs: np.ndarray, shape: tuple[int, int]
+) -> np.ndarray:
+    """The quadratic surface ``coef`` (6, C) (terms as :func:`_surface_terms`) on the grid of
+    rows ``ys`` x columns ``xs`` (analysis image pixel coordinates): (len(ys), len(xs), C),
+    evaluated separably (no (n, 6) matrix of terms for every pixel)."""
+    y = ((np.asarray(ys, np.float32) + 0.5) * (2.0 / shape[0]) - 1.0)[:, None, None]
+    x = ((np.asarray(xs, np.float32) + 0.5) * (2.0 / shape[1]) - 1.0)[None, :, None]
+    k = np.asarray(coef, np.float32)
+    return (k[0] + x * (k[1] + x * k[3] + y * k[4])) + y * (k[2] + y * k[5])
+
+
+def _grid_surface(coef: np.ndarray, h: int, w: int) -> np.ndarray:
+    """:func:`_surface` at every pixel of an (h, w) analysis image: (h, w, C)."""
+    return _surface(coef, np.arange(h), np.arange(w), (h, w))
 
 
 def _mad_sigma(values: np.ndarray) -> float:
@@ -776,7 +788,6 @@ def _fit_background(
     """
     h, w, c = image.shape
     flat = image.reshape(-1, c)
-    terms = _grid_terms(h, w)
     level = float(np.median(luma[ring]))
     dark_object = level > 127.5
     spread = max(_mad_sigma(luma[ring]), 0.5)
@@ -787,16 +798,17 @@ def _fit_background(
         if len(idx) > _FIT_POINTS:
             idx = idx[:: len(idx) // _FIT_POINTS + 1]
         const = np.median(flat[idx], axis=0)
-        quad = _least_squares(terms[idx], flat[idx])
+        terms = _surface_terms(idx // w, idx % w, (h, w))
+        quad = _least_squares(terms, flat[idx])
         r_const = (flat[idx] - const) @ _weights(c)
-        r_quad = (flat[idx] - terms[idx] @ quad) @ _weights(c)
+        r_quad = (flat[idx] - terms @ quad) @ _weights(c)
         # the surface only where it explains the background clearly better than a colour
         if _mad_sigma(r_quad) < 0.8 * _mad_sigma(r_const):
             coef = quad
         else:
             coef = np.zeros((6, c), np.float32)
             coef[0] = const
-        resid = luma.ravel() - (terms @ coef) @ _weights(c)
+        resid = luma.ravel() - (_grid_surface(coef, h, w) @ _weights(c)).ravel()
         if not dark_object:
             resid = -resid
         sigma = max(_mad_sigma(resid[idx]), 0.5)
@@ -825,7 +837,8 @@ def _analyse(image: np.ndarray, lossy: bool) -> _Scene | None:
     ring = _ring(ah, aw)
     exact = None if lossy else _exact_background(image, luma, ring)
     coef, dark_object, is_bg = exact or _fit_background(image, luma, ring)
-    bg_luma = (_grid_terms(ah, aw) @ coef @ _weights(c)).reshape(ah, aw)
+    background = _grid_surface(coef, ah, aw)
+    bg_luma = background @ _weights(c)
     darkness = _darkness(luma, bg_luma, dark_object)
     smooth = _box_blur3(darkness)
     noise = _mad_sigma(darkness[is_bg])
@@ -836,7 +849,6 @@ def _analyse(image: np.ndarray, lossy: bool) -> _Scene | None:
     mask = _object_mask(np.abs(smooth), low, 2.0 * low)
     if mask is None:
         return None
-    background = (_grid_terms(ah, aw) @ coef).reshape(ah, aw, c)
     shade = _shade(smooth, mask, low, background) if dark_object else 1.0
     return _Scene(image, luma, coef, dark_object, darkness, noise, mask, shade)
 
@@ -996,9 +1008,9 @@ def _object_map(
     # the background surface at these pixels' centres, as analysis image pixel indices
     ys = origin[1] + (np.arange(h) + 0.5) * scale - 0.5
     xs = origin[0] + (np.arange(w) + 0.5) * scale - 0.5
-    yy, xx = np.meshgrid(ys, xs, indexing="ij")
-    terms = _surface_terms(yy, xx, scene.mask.shape)
-    bg_luma = (terms @ (scene.coef @ _weights(scene.coef.shape[1]))).reshape(h, w)
+    bg_luma = _surface(
+        scene.coef @ _weights(scene.coef.shape[1])[:, None], ys, xs, scene.mask.shape
+    )[:, :, 0]
     signed = _darkness(luma, bg_luma, scene.dark_object)
     rows = np.flatnonzero(scene.mask.any(axis=1))
     cols = np.flatnonzero(scene.mask.any(axis=0))
@@ -1178,7 +1190,7 @@ def _steps(
     c = scene.image.shape[2]
     image = scene.image if c == 3 else np.repeat(scene.image, 3, axis=2)
     ah, aw = scene.mask.shape
-    bg = (_grid_terms(ah, aw) @ scene.coef).reshape(ah, aw, c)
+    bg = _grid_surface(scene.coef, ah, aw)
     if c == 1:
         bg = np.repeat(bg, 3, axis=2)
     x0, y0, x1, y1 = box

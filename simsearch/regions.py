@@ -48,7 +48,7 @@ def label(mask: np.ndarray, connectivity: int = 8) -> tuple[np.ndarray, int]:
     # Runs of row r start at first[r]; overlap with the previous row's runs is a merge of two
     # sorted interval lists.
     first = np.searchsorted(rows, np.arange(mask.shape[0] + 1))
-    row_list, start_list, stop_list = rows.tolist(), starts.tolist(), stops.tolist()
+    start_list, stop_list = starts.tolist(), stops.tolist()
     for r in range(1, mask.shape[0]):
         i, i_end = int(first[r - 1]), int(first[r])
         j, j_end = i_end, int(first[r + 1])
@@ -65,8 +65,10 @@ def label(mask: np.ndarray, connectivity: int = 8) -> tuple[np.ndarray, int]:
     roots = np.array([find(i) for i in range(n)])
     _, inverse = np.unique(roots, return_inverse=True)
     run_labels = inverse.astype(np.int32) + 1
-    for k in range(n):
-        labels[row_list[k], start_list[k] : stop_list[k]] = run_labels[k]
+    # every run's pixels at once: flat positions start..stop-1 of each run, in run order
+    lengths = stops - starts
+    offsets = np.repeat(rows * mask.shape[1] + starts - (np.cumsum(lengths) - lengths), lengths)
+    labels.ravel()[offsets + np.arange(int(lengths.sum()))] = np.repeat(run_labels, lengths)
     return labels, int(run_labels.max())
 
 
