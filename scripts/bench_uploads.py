@@ -124,6 +124,10 @@ def main() -> None:
             peak_hwm = server.status_kib("VmHWM") / 1024
             time.sleep(2.0)  # idle: what the burst leaves behind
             after = server.status_kib("VmRSS") / 1024
+            settled = after  # the lowest within 5 s: the trim runs once a second when idle
+            for _ in range(6):
+                time.sleep(0.5)
+                settled = min(settled, server.status_kib("VmRSS") / 1024)
             alive = httpx.get(f"{server.url}/api/health", timeout=10).json()["status"] == "ok"
 
     largest = max(decode_peaks.values())
@@ -172,6 +176,7 @@ def main() -> None:
             "peak_sampled": round(sampler.peak_kib / 1024, 1),
             "peak_vmhwm": round(peak_hwm, 1),
             "after": round(after, 1),
+            "settled": round(settled, 1),
             "samples": sampler.samples,
         },
         "bound_mib": round(bound, 1),

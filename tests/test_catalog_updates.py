@@ -249,6 +249,7 @@ while True:
 """
 
 
+@pytest.mark.slow  # kills a writer process many times: ~5 s
 def test_kill_during_saves_leaves_a_loadable_index(pca_index_dir: Path, tmp_path: Path) -> None:
     """kill -9 a process that keeps adding and saving; every survivor state loads."""
     import shutil

@@ -142,7 +142,9 @@ def test_query_grid_needs_rows(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- map
 
 
-@pytest.mark.parametrize("method", ["tsne", "pca"])
+@pytest.mark.parametrize(
+    "method", [pytest.param("tsne", marks=pytest.mark.slow), "pca"]  # t-SNE: ~5 s
+)
 def test_map_png(pca_index_dir: Path, tmp_path: Path, method: str) -> None:
     out = tmp_path / "map.png"
     result = run(

@@ -713,6 +713,7 @@ def test_held_uploads_are_spooled_not_held_in_memory(pca_index_dir: Path) -> Non
     assert after - before < 16, (before, during, after)
 
 
+@pytest.mark.slow  # a benchmark run against a real server: ~10 s
 def test_hostile_uploads_keep_the_server_within_its_memory_bound(pca_index_dir: Path) -> None:
     """A small run of scripts/bench_uploads.py: 16-bit PNG, float TIFF, big JPEGs, a bomb, a
     truncated file, a held body and a 64 MiB body from 6 clients at once against a real server.
@@ -729,7 +730,7 @@ def test_hostile_uploads_keep_the_server_within_its_memory_bound(pca_index_dir: 
     assert report["meets_bound"], report["server_rss_mib"]
     assert report["server_alive_after"]
     rss = report["server_rss_mib"]
-    assert rss["after"] < rss["baseline"] + 64, rss
+    assert rss["settled"] < rss["baseline"] + 64, rss  # what the burst leaves behind
 
 
 # ---------------------------------------------------------------------- index files changing
