@@ -143,7 +143,8 @@ def test_query_grid_needs_rows(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "method", [pytest.param("tsne", marks=pytest.mark.slow), "pca"]  # t-SNE: ~5 s
+    "method",
+    [pytest.param("tsne", marks=pytest.mark.slow), "pca"],  # t-SNE: ~5 s
 )
 def test_map_png(pca_index_dir: Path, tmp_path: Path, method: str) -> None:
     out = tmp_path / "map.png"
