@@ -382,14 +382,17 @@ class VectorIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Merge the exactly scored unreachable positions into a graph search's top k."""
         assert self.unreachable is not None and self._unreachable_vectors is not None
-        keep = np.ones(len(self.unreachable), bool)
+        lost, lost_vectors = self.unreachable, self._unreachable_vectors
         if selection is not None:
-            keep = selection.contains(self.unreachable)
-        if not keep.any():
-            return scores, positions
-        extra = np.asarray(vectors, np.float32) @ self._unreachable_vectors[keep].T
-        extra_positions = np.broadcast_to(self.unreachable[keep], extra.shape)
-        found = np.isin(positions, self.unreachable[keep])  # already found by the walk
+            keep = selection.contains(lost)
+            if not keep.any():
+                return scores, positions
+            lost, lost_vectors = lost[keep], lost_vectors[keep]
+        extra = np.asarray(vectors, np.float32) @ lost_vectors.T
+        if scores.shape[1] >= k and bool((extra < scores[:, -1:]).all()):
+            return scores, positions  # (the usual case) none of them enters any top k
+        extra_positions = np.broadcast_to(lost, extra.shape)
+        found = np.isin(positions, lost)  # already found by the walk
         scores = np.where(found, -np.inf, scores).astype(np.float32)
         return merge_top_k([(scores, np.where(found, -1, positions)), (extra, extra_positions)], k)
 
