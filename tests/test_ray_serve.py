@@ -273,22 +273,6 @@ def all_succeed(service: Service, png: bytes, n: int = 20) -> bool:
     return all(service.search(png, k=5).status_code == 200 for _ in range(n))
 
 
-@pytest.mark.slow
-def test_sharded_fast_scan_index_answers_as_in_one_process(
-    cluster: Any,
-    pca_index_dir: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-    port: int,
-    queries: list[tuple[str, bytes]],
-) -> None:
-    """ivf-fastscan shards answer with approximate scores; the front re-ranks their candidates
-    with the catalog vectors, as a sharded index in one process does."""
-    target = tmp_path_factory.mktemp("fastscan") / "index"
-    index_dir = sharded_copy(pca_index_dir, target, 2, kind=vector_index.FASTSCAN)
-    with deployed(cluster, index_dir, port, replicas=1) as service:
-        assert_same_answers(service, queries)
-
-
 # ---------------------------------------------------------------------- whole-index replicas
 
 
