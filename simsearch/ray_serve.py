@@ -67,6 +67,7 @@ DEPLOY_TIMEOUT = 300.0  # seconds the deployment may take to become ready
 KEPT_VERSIONS = 2  # versions a shard replica holds: the one served and the one coming in
 CONSTRUCTOR_RETRIES = 3  # an app replica that cannot load the index fails the deployment soon
 STATUS_EVERY = 2.0  # seconds between checks that the application still runs
+STOP_TIMEOUT = 60.0  # seconds Ray Serve gets to remove the application before its actors are killed
 
 log = logging.getLogger("simsearch.ray_serve")
 
@@ -459,13 +460,39 @@ class Deployed:
 
     def stop(self) -> None:
         """Remove the application (and Ray Serve with its proxies and controller when this
-        process started it): no simsearch actor is left on the cluster."""
+        process started it): no simsearch actor is left on the cluster. Bounded: when Ray Serve
+        does not finish within STOP_TIMEOUT, the actors it was removing are killed."""
         from ray import serve
 
-        if self.started_serve:
-            serve.shutdown()
-        else:
-            serve.delete(APP_NAME)
+        def remove() -> None:
+            try:
+                serve.shutdown() if self.started_serve else serve.delete(APP_NAME)
+            except Exception as exc:  # the cluster went away meanwhile: nothing left to remove
+                log.warning("removing the application: %s", _first_line(exc))
+
+        worker = threading.Thread(target=remove, name="simsearch-stop", daemon=True)
+        worker.start()
+        worker.join(STOP_TIMEOUT)
+        if worker.is_alive():
+            print(
+                f"Ray Serve did not stop within {STOP_TIMEOUT:.0f} s: killing its actors",
+                file=sys.stderr,
+            )
+            _kill_serve_actors(everything=self.started_serve)
+
+
+def _kill_serve_actors(everything: bool) -> None:
+    """Kill the named Ray Serve actors left on the cluster: all of them (this process started
+    Ray Serve) or only this application's replicas."""
+    import ray
+
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        name = str(actor["name"])
+        if name.startswith("SERVE_") and (everything or f"::{APP_NAME}" in name):
+            try:
+                ray.kill(ray.get_actor(name, namespace=actor["namespace"]), no_restart=True)
+            except Exception as exc:  # gone meanwhile
+                log.warning("killing %s: %s", name, _first_line(exc))
 
 
 def deploy(

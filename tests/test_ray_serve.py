@@ -482,7 +482,7 @@ def test_cli_serves_until_ctrl_c_and_leaves_no_actors(
                 assert without_timing(there.content) == without_timing(here.content)
     finally:
         server.send_signal(signal.SIGINT)
-        code = server.wait(90)
+        code = server.wait(150)  # STOP_TIMEOUT, then killing what is left
         reader.join(10)
     assert code == 0, "".join(lines)
     assert "stopping: removing the application from the cluster\n" in lines
