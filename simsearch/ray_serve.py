@@ -605,16 +605,20 @@ def _deploy_error(exc: BaseException) -> str:
 
 @contextmanager
 def _stopped_by_sigterm() -> Iterator[None]:
-    """SIGTERM stops the service as Ctrl-C does (cleanly)."""
+    """SIGTERM stops the service as Ctrl-C does (cleanly), and so does SIGINT even when this
+    process was started with it ignored (a background job of a script: Python then installs no
+    Ctrl-C handler of its own)."""
 
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, interrupt)
+    previous_int = signal.signal(signal.SIGINT, interrupt)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 def run(
