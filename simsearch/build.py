@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from simsearch import storage
-from simsearch.data import CLASS_NAMES, item_id, load_split
+from simsearch.data import CLASS_NAMES, load_items, load_split
 from simsearch.encoders import load_encoder, normalize
 from simsearch.errors import (
     ConfigError,
@@ -113,20 +113,11 @@ def load_catalog(config: BuildConfig, reporter: Reporter) -> Catalog:
             folder.skipped,
             {"source": "folder", "path": str(root.resolve()), "limit": config.limit},
         )
-    splits = ["train", "test"] if config.split == "all" else [config.split]
-    images: list[np.ndarray] = []
-    labels: list[np.ndarray] = []
-    ids: list[str] = []
-    for name in splits:
-        part = load_split(name, config.data_dir)
-        count = len(part.images) if config.limit is None else min(config.limit, len(part.images))
-        images.append(part.images[:count])
-        labels.append(part.labels[:count].astype(np.int16))
-        ids.extend(item_id(name, i) for i in range(count))
+    images, labels, ids = load_items(config.split, config.limit, config.data_dir)
     return Catalog(
-        np.concatenate(images),
+        images,
         ids,
-        np.concatenate(labels),
+        labels,
         [""] * len(ids),
         list(CLASS_NAMES),
         [],

@@ -149,6 +149,23 @@ def load_split(split: str, data_dir: str | os.PathLike[str] | None = None) -> Da
     return DatasetSplit(split, images, labels)
 
 
+def load_items(
+    split: str, limit: int | None = None, data_dir: str | os.PathLike[str] | None = None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The catalog items of a split ("train", "test" or "all": both), the first ``limit`` of
+    each: images (n, 28, 28) uint8, labels (n,) int16 and their ids (:func:`item_id`)."""
+    images: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    ids: list[str] = []
+    for name in ["train", "test"] if split == "all" else [split]:
+        part = load_split(name, data_dir)
+        count = len(part.images) if limit is None else min(limit, len(part.images))
+        images.append(part.images[:count])
+        labels.append(part.labels[:count].astype(np.int16))
+        ids.extend(item_id(name, i) for i in range(count))
+    return np.concatenate(images), np.concatenate(labels), ids
+
+
 def _download_split(split: str) -> DatasetSplit:
     """Last resort: Keras' own downloader (needs the network and TensorFlow)."""
     try:

@@ -112,21 +112,12 @@ def catalog_items(config: EmbedConfig) -> Items:
 
 
 def _fashion_mnist_items(config: EmbedConfig) -> Items:
-    from simsearch.data import CLASS_NAMES, item_id, load_split
+    from simsearch.data import CLASS_NAMES, load_items
 
-    splits = ["train", "test"] if config.split == "all" else [config.split]
-    pixels: list[np.ndarray] = []
-    labels: list[np.ndarray] = []
-    ids: list[str] = []
-    for name in splits:
-        part = load_split(name, config.data_dir)
-        count = len(part.images) if config.limit is None else min(config.limit, len(part.images))
-        pixels.append(part.images[:count])
-        labels.append(part.labels[:count].astype(np.int16))
-        ids.extend(item_id(name, i) for i in range(count))
+    pixels, labels, ids = load_items(config.split, config.limit, config.data_dir)
     description = {"source": FASHION_MNIST, "split": config.split, "limit": config.limit}
-    columns = {"id": ids, "label": np.concatenate(labels), "source": [""] * len(ids)}
-    return _batched(columns, np.concatenate(pixels), None, config, list(CLASS_NAMES), description)
+    columns = {"id": ids, "label": labels, "source": [""] * len(ids)}
+    return _batched(columns, pixels, None, config, list(CLASS_NAMES), description)
 
 
 def _folder_items(config: EmbedConfig) -> Items:
