@@ -33,7 +33,7 @@ import importlib
 import io
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeAlias
@@ -50,8 +50,11 @@ __all__ = [
     "SIZE",
     "ImageInput",
     "load_image",
+    "AS_FOUND",
+    "Views",
     "preprocess",
     "preprocess_array",
+    "preprocess_views",
     "preprocess_batch",
 ]
 
@@ -131,6 +134,14 @@ _TILT_MIN = 1.0  # smaller tilts are left alone ...
 # ... and so are those whose silhouette is not this much straighter (some catalog items are
 # a little off vertical themselves: a weaker test turns those away from their catalog framing)
 _TILT_GAIN = 1.45
+# Other framings of a photo's object, searched alongside (see preprocess_views):
+_VIEW_SHIFTS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+_VIEW_SHIFT = 0.5  # output pixels, in those directions
+_VIEW_SCALE = 0.04  # the box this share smaller and larger
+_VIEW_TURNS = (1.5, 3.0, 4.5)  # degrees, either way (under _TILT_MIN or _TILT_GAIN's test)
+_VIEW_CUTS = (0.2, 0.3, 0.4, 0.5, 0.65)  # the bottom band without what is fainter than this
+_VIEW_TURNED_CUTS = {3.0: (0.3, 0.5)}  # share of the object's level; turned ones too
+_VIEW_BAND = 0.4  # the band: this share of the object's height
 
 
 @dataclass(frozen=True)
@@ -612,7 +623,53 @@ def explain(source: ImageInput) -> tuple[np.ndarray, Steps | None]:
     return pixels, (record[0] if record else None)
 
 
-def _preprocess(source: ImageInput, record: list[Steps] | None) -> np.ndarray:
+@dataclass(frozen=True)
+class Views:
+    """A query image as the model sees it, framed several ways (see :func:`preprocess_views`)."""
+
+    pixels: np.ndarray
+    """(v, 28, 28) uint8; ``pixels[0]`` is :func:`preprocess`'s result."""
+    names: tuple[str, ...]
+    """How each view frames the object: "as found" first, then e.g. "turned +3.0 deg"."""
+    steps: Steps | None = None
+    """What preprocessing found, when asked (see :func:`explain`)."""
+
+
+AS_FOUND = "as found"
+
+
+def preprocess_views(source: ImageInput, explain: bool = False) -> Views:
+    """:func:`preprocess` and other framings of the object it found in a photo.
+
+    A photographed object is never framed exactly as its catalog item is: a tilt too small to
+    correct with confidence, an edge half a pixel off, a floor shadow joined to its base. The
+    other views are the object shifted by half an output pixel (8 directions), 4 % smaller and
+    larger, turned by 1.5, 3 and 4.5 degrees either way, and with the faint part of its
+    bottom band cut away at a few levels (where a floor shadow lies). A query searches with
+    every view and keeps each catalog item's best similarity: the framing that matches an item
+    best is the one it is judged by. A 28x28 input has one view (itself, as :func:`preprocess`
+    gives it). With ``explain``, ``steps`` says what preprocessing found (None for 28x28).
+
+    Raises:
+        InvalidImageError: as :func:`preprocess`.
+    """
+    record: list[Steps] | None = [] if explain else None
+    others: list[tuple[str, np.ndarray]] = []
+    pixels = _preprocess(source, record, others)
+    return Views(
+        np.stack([pixels] + [p for _, p in others]),
+        (AS_FOUND, *(name for name, _ in others)),
+        record[0] if record else None,
+    )
+
+
+def _preprocess(
+    source: ImageInput,
+    record: list[Steps] | None,
+    others: list[tuple[str, np.ndarray]] | None = None,
+) -> np.ndarray:
+    """:func:`preprocess`; what it did appended to ``record`` and the other views of a photo
+    (:func:`preprocess_views`) to ``others``, when given."""
     im, name = _load(source, _DECODE_SIZE)
     lossy = im.format in _LOSSY_FORMATS
     transpose = _orientation(im)
@@ -653,6 +710,8 @@ def _preprocess(source: ImageInput, record: list[Steps] | None) -> np.ndarray:
     pixels, crop = _crop(signed, thr, lossy, name)
     if record is not None:
         record.append(_steps(scene, tilt, to_analysis, crop, pixels))
+    if others is not None:
+        others.extend(_views(signed, thr, lossy, name))
     return pixels
 
 
@@ -1129,6 +1188,22 @@ def _drop_shadow(
 def _crop(signed: np.ndarray, thr: float, lossy: bool, name: str) -> tuple[np.ndarray, tuple]:
     """The object's box in ``signed`` (sub-pixel edges), resampled to 28 px, sharpened, centred
     and stretched -> ((28, 28) uint8, box (x0, y0, x1, y1) in ``signed``'s pixels)."""
+    frame = _frame(signed, thr, lossy, name)
+    return _resample(frame, frame.box, name), frame.box
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """Where :func:`_crop` puts the object: what it resamples and how."""
+
+    v: np.ndarray  # (H, W) float32: the object's darkness, >= 0
+    box: tuple[float, float, float, float]  # (x0, y0, x1, y1) sub-pixel edges in ``v``
+    size: tuple[int, int]  # (width, height) in the 28 px output, the longest 28
+    enlarged: bool  # the box spans >= 2 input px per output px (then sharpened)
+    thr: float  # what is object
+
+
+def _frame(signed: np.ndarray, thr: float, lossy: bool, name: str) -> _Frame:
     h, w = signed.shape
     v = np.clip(signed, 0.0, None).astype(np.float32)
     mask = v > thr
@@ -1162,26 +1237,92 @@ def _crop(signed: np.ndarray, thr: float, lossy: bool, name: str) -> tuple[np.nd
         th, tw = SIZE, min(SIZE, max(1, round(bw * SIZE / bh)))
     else:
         tw, th = SIZE, min(SIZE, max(1, round(bh * SIZE / bw)))
-    box = (fx0, fy0, fx1, fy1)
+    return _Frame(v, (fx0, fy0, fx1, fy1), (tw, th), scale >= 2.0, thr)
+
+
+def _resample(frame: _Frame, box: tuple[float, float, float, float], name: str) -> np.ndarray:
+    """``frame.v`` within ``box`` (which may reach past its edges: zeros there) resampled to
+    ``frame.size``, sharpened if enlarged, centred in 28x28 and stretched -> uint8."""
+    tw, th = frame.size
+    v = frame.v
+    h, w = v.shape
+    pad = int(np.ceil(max(0.0, -box[0], -box[1], box[2] - w, box[3] - h)))
+    if pad:
+        v = np.pad(v, pad)
+        box = (box[0] + pad, box[1] + pad, box[2] + pad, box[3] + pad)
     fim = Image.fromarray(v)
     small = np.asarray(fim.resize((tw, th), _RESAMPLE, box=box), dtype=np.float32)
     # Contrast: the object's peak becomes 255. Taken at 4x the output resolution, where an
     # enlarged item keeps its peaks but JPEG noise is averaged out.
     mid = fim.resize((4 * tw, 4 * th), Image.Resampling.BOX, box=box)
     peak = float(np.asarray(mid).max())
-    if scale >= 2.0:  # undo part of the blur that enlarging then reducing causes
+    if frame.enlarged:  # undo part of the blur that enlarging then reducing causes
         p = np.pad(small, 1, mode="edge")
         lap = 4.0 * small - p[:-2, 1:-1] - p[2:, 1:-1] - p[1:-1, :-2] - p[1:-1, 2:]
         small = small + _SHARPEN * lap
     out = np.zeros((SIZE, SIZE), np.float32)
     oy, ox = (SIZE - th + 1) // 2, (SIZE - tw + 1) // 2  # odd pixel of margin: left / top
     out[oy : oy + th, ox : ox + tw] = np.clip(small, 0.0, None)
-    if peak <= thr:
+    if peak <= frame.thr:
         raise _fail(name, "blank image (a single colour, no object)")
     res = _stretch(out, peak)
     if not res.any():
         raise _fail(name, "blank image (a single colour, no object)")
-    return res, box
+    return res
+
+
+def _views(signed: np.ndarray, thr: float, lossy: bool, name: str) -> list[tuple[str, np.ndarray]]:
+    """Other framings of the object in ``signed`` than :func:`_crop`'s (see
+    :func:`preprocess_views`): (name, (28, 28) uint8) each; one that comes out blank is left
+    out."""
+    out: list[tuple[str, np.ndarray]] = []
+
+    def add(label: str, make: Callable[[], np.ndarray]) -> None:
+        with contextlib.suppress(InvalidImageError):
+            out.append((label, make()))
+
+    frame = _frame(signed, thr, lossy, name)
+    x0, y0, x1, y1 = frame.box
+    unit = max(x1 - x0, y1 - y0) / SIZE  # input px per output px
+    for dx, dy in _VIEW_SHIFTS:
+        sx, sy = dx * _VIEW_SHIFT * unit, dy * _VIEW_SHIFT * unit
+        add(f"shifted {dx * _VIEW_SHIFT:+.1f}, {dy * _VIEW_SHIFT:+.1f} px",
+            lambda sx=sx, sy=sy: _resample(frame, (x0 + sx, y0 + sy, x1 + sx, y1 + sy), name))
+    for grow in (-_VIEW_SCALE, _VIEW_SCALE):
+        gx, gy = grow * (x1 - x0) / 2, grow * (y1 - y0) / 2
+        add(f"{1 + grow:.0%} of its size",
+            lambda gx=gx, gy=gy: _resample(frame, (x0 - gx, y0 - gy, x1 + gx, y1 + gy), name))
+    for share in _VIEW_CUTS:
+        add(f"faint base under {share:.0%} cut",
+            lambda s=share: _crop(_cut_base(signed, thr, s), thr, lossy, name)[0])
+    for degrees in (d * sign for d in _VIEW_TURNS for sign in (-1.0, 1.0)):
+        turned = _turn(signed, degrees)
+        add(f"turned {degrees:+.1f} deg", lambda m=turned: _crop(m, thr, lossy, name)[0])
+        for share in _VIEW_TURNED_CUTS.get(abs(degrees), ()):
+            add(f"turned {degrees:+.1f} deg, faint base under {share:.0%} cut",
+                lambda m=turned, s=share: _crop(_cut_base(m, thr, s), thr, lossy, name)[0])
+    return out
+
+
+def _turn(signed: np.ndarray, degrees: float) -> np.ndarray:
+    """``signed`` turned counter-clockwise by ``degrees`` about its centre, grown to hold it."""
+    image = Image.fromarray(np.asarray(signed, np.float32))
+    return np.asarray(image.rotate(degrees, Image.Resampling.BILINEAR, expand=True, fillcolor=0.0))
+
+
+def _cut_base(signed: np.ndarray, thr: float, share: float) -> np.ndarray:
+    """``signed`` without what is fainter than ``share`` of the object's level in its bottom
+    band (_VIEW_BAND of its height): where a floor shadow joins an object at its base."""
+    mask = signed > thr
+    rows = np.flatnonzero(mask.any(axis=1))
+    if not len(rows):
+        return signed
+    level = float(np.quantile(signed[mask], 0.9))
+    top = int(rows[0] + (1.0 - _VIEW_BAND) * (rows[-1] - rows[0]))
+    out = np.array(signed, np.float32)
+    band = out[top:]
+    band[band < share * level] = 0.0
+    return out
 
 
 def _steps(

@@ -28,8 +28,14 @@ from simsearch.errors import (
     ItemNotFoundError,
 )
 from simsearch.hit import Hit, ItemFields, many_objects, ranked_hits
-from simsearch.images import ImageInput, Steps, preprocess, preprocess_array
-from simsearch.images import explain as explain_preprocessing
+from simsearch.images import (
+    AS_FOUND,
+    ImageInput,
+    Steps,
+    preprocess,
+    preprocess_array,
+    preprocess_views,
+)
 from simsearch.vector_index import VectorIndex
 
 if TYPE_CHECKING:
@@ -119,9 +125,10 @@ class _Closed:
 class QueryResult:
     """One answered query: the model input the image became, and its hits."""
 
-    pixels: NDArray[np.uint8]  # (28, 28), as simsearch.images.preprocess made it
+    pixels: NDArray[np.uint8]  # (28, 28): the view of the image that matched the first hit
     hits: list[Hit]
     steps: Steps | None = None  # what preprocessing did, when asked (see images.explain)
+    framing: str = AS_FOUND  # how that view frames the object (see images.preprocess_views)
 
 
 @dataclass(frozen=True)
@@ -584,10 +591,10 @@ class SearchIndex:
             and data.shape[-1:] == (self.dim,)
         ):
             vectors = normalize(_check_vectors(data, self.dim))
-            answers = self._answers(version, vectors, k, where, embed=False)
+            scores, rows = _joined(self._answers(version, vectors, k, where, embed=False))
         else:
-            answers = self._answers(version, _to_pixels(data), k, where, embed=True)
-        scores, rows = _joined(answers)
+            pixels, owner = _to_views(data)
+            scores, rows = self._viewed(version, pixels, owner, k, where)[:2]
         return _ids_of(version, rows), scores
 
     def ids_for(self, rows: np.ndarray) -> NDArray[np.str_]:
@@ -618,11 +625,15 @@ class SearchIndex:
         """Like :meth:`query`, with the (28, 28) uint8 model input the image became (and with
         ``explain``, what preprocessing found: :class:`simsearch.images.Steps`): the one query
         path the CLI and the server share."""
-        if explain:
-            pixels, steps = explain_preprocessing(image)
-        else:
-            pixels, steps = preprocess(image), None
-        return QueryResult(pixels, self.query_pixels(pixels[None], k, **filters)[0], steps)
+        version = self._version
+        where = self._where(**filters)
+        k = _check_k(k)
+        views = preprocess_views(image, explain)
+        owner = np.zeros(len(views.pixels), np.intp)
+        scores, rows, best = self._viewed(version, views.pixels, owner, k, where)
+        view = max(int(best[0]), 0)
+        hits = self._hit_lists(version, scores, rows)[0]
+        return QueryResult(views.pixels[view], hits, views.steps, views.names[view])
 
     def query(self, image: ImageInput, k: int = 10, **filters: Any) -> list[Hit]:
         """The k most similar catalog items to one image (path, bytes, PIL image or array).
@@ -637,8 +648,16 @@ class SearchIndex:
     def query_batch(
         self, images: Sequence[ImageInput] | np.ndarray, k: int = 10, **filters: Any
     ) -> list[list[Hit]]:
-        """One list of hits per image, in the order given. Raises InvalidImageError."""
-        return self.query_pixels(_to_pixels(images), k, **filters)
+        """One list of hits per image, in the order given. A photo is searched in several
+        framings (:func:`simsearch.images.preprocess_views`), each hit with its best
+        similarity. Raises InvalidImageError."""
+        pixels, owner = _to_views(images)
+        if len(pixels) == len(owner) and (owner == np.arange(len(owner))).all():
+            return self.query_pixels(pixels, k, **filters)  # one view each
+        version = self._version
+        where = self._where(**filters)
+        scores, rows = self._viewed(version, pixels, owner, _check_k(k), where)[:2]
+        return self._hit_lists(version, scores, rows)
 
     def query_pixels(self, pixels: np.ndarray, k: int = 10, **filters: Any) -> list[list[Hit]]:
         """Like :meth:`query_batch` for already preprocessed (n, 28, 28) uint8 pixels."""
@@ -742,6 +761,16 @@ class SearchIndex:
             below = scores < where.min_similarity
             scores[below], rows[below] = np.nan, -1
         return scores, rows
+
+    def _viewed(
+        self, version: _Version, pixels: np.ndarray, owner: np.ndarray, k: int, where: _Where
+    ) -> tuple[Floats, Rows, NDArray[np.intp]]:
+        """Views (m, 28, 28) of n images (``owner``: the image of each, ascending) -> per image
+        the best k over its views' hits, each catalog row with its best similarity: scores and
+        rows (n, k'), and the view that gave each image's first hit (-1: none)."""
+        n = int(owner[-1]) + 1 if len(owner) else 0
+        scores, rows = _joined(self._answers(version, pixels, k, where, embed=True))
+        return _fuse(scores, rows, owner, n)
 
     def _hit_lists(
         self, version: _Version, scores: np.ndarray, rows: np.ndarray
@@ -1013,6 +1042,43 @@ def _joined(answers: Iterator[tuple[Floats, Rows]]) -> tuple[Floats, Rows]:
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
+def _fuse(
+    scores: Floats, rows: Rows, owner: NDArray[np.intp], n: int
+) -> tuple[Floats, Rows, NDArray[np.intp]]:
+    """The (m, k) answers of m views -> (n, k) of the n images they belong to (``owner``, one
+    per view): the union of an image's views' rows, each once with its best similarity, best
+    first (ties by row), -1 / NaN past the last; and the view each image's first row came from
+    (-1: none). Exact for the best k: a row among an image's best k is among the k of the view
+    that scores it best."""
+    m, k = rows.shape
+    out_scores = np.full((n, k), np.nan, np.float32)
+    out_rows = np.full((n, k), -1, np.int64)
+    best = np.full(n, -1, np.intp)
+    if m == n and (owner == np.arange(n)).all():  # one view each: nothing to merge
+        has = rows[:, 0] >= 0 if k else np.zeros(n, bool)
+        best[has] = np.flatnonzero(has)
+        return scores, rows, best
+    r, s = rows.ravel(), scores.ravel()
+    o, v = np.repeat(owner, k), np.repeat(np.arange(m), k)
+    ok = r >= 0
+    r, s, o, v = r[ok], s[ok], o[ok], v[ok]
+    order = np.lexsort((-s, r, o))  # each (image, row) with its best similarity first
+    r, s, o, v = r[order], s[order], o[order], v[order]
+    first = np.ones(len(r), bool)
+    first[1:] = (o[1:] != o[:-1]) | (r[1:] != r[:-1])
+    r, s, o, v = r[first], s[first], o[first], v[first]
+    order = np.lexsort((r, -s, o))  # per image, best first, ties by row
+    r, s, o, v = r[order], s[order], o[order], v[order]
+    starts = np.searchsorted(o, o, side="left")
+    rank = np.arange(len(o)) - starts
+    keep = rank < k
+    out_scores[o[keep], rank[keep]] = s[keep]
+    out_rows[o[keep], rank[keep]] = r[keep]
+    top = rank == 0
+    best[o[top]] = v[top]
+    return out_scores, out_rows, best
+
+
 def _ids_of(version: _Version, rows: np.ndarray) -> NDArray[np.str_]:
     ids = version.ids.astype(str)
     out = np.where(rows >= 0, ids[np.maximum(rows, 0)] if len(ids) else "", "")
@@ -1048,6 +1114,19 @@ def _check_pixels(pixels: np.ndarray) -> np.ndarray:
     if pixels.dtype != np.uint8:
         raise ConfigError(f"pixels must be uint8, got {pixels.dtype}")
     return pixels
+
+
+def _to_views(images: Sequence[ImageInput] | np.ndarray) -> tuple[np.ndarray, NDArray[np.intp]]:
+    """Query images -> their views (m, 28, 28) uint8 and the image each belongs to (m,): one
+    view per array item, several for a photo (see images.preprocess_views)."""
+    if isinstance(images, np.ndarray):
+        pixels = _to_pixels(images)
+        return pixels, np.arange(len(pixels))
+    views = [preprocess_views(image).pixels for image in images]
+    if not views:
+        return np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.intp)
+    owner = np.repeat(np.arange(len(views)), [len(v) for v in views])
+    return np.concatenate(views), owner
 
 
 def _to_pixels(images: Sequence[ImageInput] | np.ndarray) -> np.ndarray:

@@ -5,7 +5,8 @@ Endpoints::
 
     GET  /                        the web page (simsearch/static/, no external assets)
     POST /api/search?k=10         multipart field ``image`` (or a raw image body)
-                                  -> {"query", "results": [Hit, ...], "query_image", "k", "took_ms"}
+                                  -> {"query", "results": [Hit, ...], "query_image",
+                                      "query_framing", "k", "took_ms"}
     GET  /api/items/random        a random catalog item: {"id", "label", "label_name", ...}
     GET  /api/items/{id}/image    the catalog item as PNG (ids contain slashes)
     GET  /api/health              {"status": "ok", "count": N, "max_k", "max_upload_bytes", ...}
@@ -265,6 +266,7 @@ def create_app(
             "query": name,
             "results": [hit.to_dict() for hit in answer.hits],
             "query_image": _png_data_url(answer.pixels),
+            "query_framing": answer.framing,
             "k": k,
             "took_ms": round((time.perf_counter() - started) * 1000, 2),
         }

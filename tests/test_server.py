@@ -25,7 +25,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from simsearch.cli import app as cli_app
-from simsearch.images import preprocess
+from simsearch.images import preprocess_views
 from simsearch.search_index import SearchIndex
 from simsearch.server import STATIC_DIR, create_app
 
@@ -164,7 +164,10 @@ def test_search_returns_the_query_as_the_model_sees_it(client: TestClient) -> No
     assert body["query_image"].startswith(prefix)
     seen = Image.open(io.BytesIO(base64.b64decode(body["query_image"][len(prefix) :])))
     assert seen.size == (28, 28)
-    np.testing.assert_array_equal(np.asarray(seen), preprocess(buffer.getvalue()))
+    # the framing of the photo that matched the first hit (see images.preprocess_views)
+    views = preprocess_views(buffer.getvalue())
+    shown = views.names.index(body["query_framing"])
+    np.testing.assert_array_equal(np.asarray(seen), views.pixels[shown])
 
 
 def test_search_accepts_a_raw_image_body(client: TestClient, item_png: Path) -> None:
@@ -337,7 +340,7 @@ def test_a_bug_is_a_json_500_and_the_server_keeps_serving(
     def explode(*args: object, **kwargs: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(broken, "query_pixels", explode)
+    monkeypatch.setattr(broken, "query_detail", explode)
     with TestClient(create_app(broken), base_url=LOCAL, raise_server_exceptions=False) as client:
         response = client.post("/api/search", files={"image": ("a.png", item_png.read_bytes())})
         assert_error(response, 500, "internal")

@@ -86,6 +86,7 @@ function render(data, blob) {
   originalUrl = URL.createObjectURL(blob);
   $("original").src = originalUrl;
   $("seen").src = data.query_image;
+  $("framing").textContent = data.query_framing === "as found" ? "" : data.query_framing;
   $("query-name").textContent = `${data.query} · ${data.took_ms} ms`;
   $("query").hidden = false;
 
