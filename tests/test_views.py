@@ -1,0 +1,85 @@
+"""A photo is searched in several framings (images.preprocess_views) and each catalog item is
+judged by the view that matches it best (SearchIndex._fuse)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from simsearch import SearchIndex
+from simsearch.images import AS_FOUND, preprocess, preprocess_views
+from simsearch.search_index import _fuse
+from tests.test_photos import QUERIES, _photo, _rank1, catalog  # noqa: F401  (a fixture)
+
+
+def _fused_rank1(catalog: np.ndarray, views: list[np.ndarray], rows: list[int]) -> float:  # noqa: F811
+    """Share of photos whose best raw-pixel cosine over all their views is their own item's."""
+    cat = catalog.reshape(len(catalog), -1).astype(np.float64)
+    cat /= np.linalg.norm(cat, axis=1, keepdims=True)
+    found = []
+    for v in views:
+        q = v.reshape(len(v), -1).astype(np.float64)
+        q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-9)
+        found.append(int(np.argmax((q @ cat.T).max(axis=0))))
+    return float(np.mean(np.asarray(found) == np.asarray(rows)))
+
+
+@pytest.mark.parametrize(
+    "condition",
+    [{"shadow": 0.4}, {"tilt": 3.0}, {"tilt": -4.5, "noise": 5.0}, {"frame": True, "tilt": 2.0}],
+    ids=["floor_shadow_0.4", "tilt_3", "tilt_-4.5_noise_5", "small_tilted_in_frame"],
+)
+def test_views_find_items_the_first_framing_misses(
+    catalog: np.ndarray,  # noqa: F811
+    condition: dict[str, float],
+) -> None:
+    rng = np.random.default_rng(7)
+    rows = list(range(3, 1000, 1000 // QUERIES))
+    photos = [_photo(catalog[r], rng, **condition) for r in rows]  # type: ignore[arg-type]
+    views = [preprocess_views(p).pixels for p in photos]
+    first = _rank1(catalog, [v[0] for v in views], rows)
+    fused = _fused_rank1(catalog, views, rows)
+    assert fused >= max(first, 0.85), f"{condition}: first framing {first:.2f}, views {fused:.2f}"
+
+
+def test_views_of_a_photo_and_of_a_catalog_item(catalog: np.ndarray) -> None:  # noqa: F811
+    photo = _photo(catalog[10], np.random.default_rng(1), shadow=0.3)
+    views = preprocess_views(photo)
+    assert views.names[0] == AS_FOUND and len(set(views.names)) == len(views.names) > 20
+    assert views.pixels.dtype == np.uint8 and views.pixels.shape == (len(views.names), 28, 28)
+    np.testing.assert_array_equal(views.pixels[0], preprocess(photo))
+    assert views.steps is None and preprocess_views(photo, explain=True).steps is not None
+    item = preprocess_views(catalog[10])  # a catalog item: itself, once
+    assert item.names == (AS_FOUND,)
+    np.testing.assert_array_equal(item.pixels[0], catalog[10])
+
+
+def test_fuse_keeps_each_row_once_with_its_best_similarity() -> None:
+    scores = np.array([[0.9, 0.5, 0.4], [0.8, 0.7, 0.6], [0.95, 0.2, np.nan]], np.float32)
+    rows = np.array([[1, 2, 3], [2, 4, 1], [7, 8, -1]])
+    fused, fused_rows, best = _fuse(scores, rows, np.array([0, 0, 1]), 2)
+    np.testing.assert_array_equal(fused_rows, [[1, 2, 4], [7, 8, -1]])
+    np.testing.assert_allclose(fused[0], [0.9, 0.8, 0.7])
+    assert np.isnan(fused[1, 2]) and list(best) == [0, 2]
+
+
+def test_query_searches_every_view(pca_index_dir: Path, catalog: np.ndarray) -> None:  # noqa: F811
+    index = SearchIndex.load(pca_index_dir)
+    photos = [_photo(catalog[r], np.random.default_rng(r), shadow=0.3, tilt=2.0) for r in (5, 9)]
+    batch = index.query_batch(photos, k=5)
+    for photo, hits in zip(photos, batch, strict=True):
+        views = preprocess_views(photo)
+        sims, rows = index.search(index.embed_pixels(views.pixels), 5)
+        best: dict[int, float] = {}
+        for row, sim in zip(rows.ravel(), sims.ravel(), strict=True):
+            best[int(row)] = max(best.get(int(row), -2.0), float(sim))
+        expected = sorted(best, key=lambda r: (-best[r], r))[:5]
+        assert [index.ids_for(np.array([r]))[0] for r in expected] == [h.id for h in hits]
+        detail = index.query_detail(photo, k=5)
+        assert [h.id for h in detail.hits] == [h.id for h in hits]
+        shown = views.names.index(detail.framing)
+        np.testing.assert_array_equal(detail.pixels, views.pixels[shown])
+        ids, _ = index.search_arrays([photo], k=5)
+        assert list(ids[0]) == [h.id for h in hits]
