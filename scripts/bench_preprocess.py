@@ -5,7 +5,8 @@
 Renders ``--photos`` product photos of catalog-like items (a textured item about half the
 frame high, on a light background with uneven light, sensor noise, JPEG quality 90), then times,
 interleaved in one run, Pillow's full decode of each file (``Image.open(...).load()``) and
-``simsearch.images.preprocess`` of the same bytes (decode, EXIF, analysis, crop, 28x28 output).
+``simsearch.images.preprocess`` of the same bytes (decode, EXIF, analysis, crop, 28x28 output)
+and ``simsearch.images.preprocess_views`` (the same and the other framings a query searches).
 Prints one JSON object with the medians in milliseconds. No index is needed.
 """
 
@@ -22,7 +23,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from simsearch.images import preprocess
+from simsearch.images import preprocess, preprocess_views
 
 
 def photo(width: int, height: int, rng: np.random.Generator) -> bytes:
@@ -62,10 +63,15 @@ def main() -> None:
     for data in photos:  # warm up: plugin imports, first-call allocations
         decode(data)
         preprocess(data)
-    times: dict[str, list[float]] = {"pillow_full_decode": [], "preprocess": []}
+    runs = (
+        ("pillow_full_decode", decode),
+        ("preprocess", preprocess),
+        ("preprocess_views", preprocess_views),
+    )
+    times: dict[str, list[float]] = {name: [] for name, _ in runs}
     for _ in range(args.repeat):
         for data in photos:
-            for name, run in (("pillow_full_decode", decode), ("preprocess", preprocess)):
+            for name, run in runs:
                 start = time.perf_counter()
                 run(data)
                 times[name].append((time.perf_counter() - start) * 1000.0)
@@ -85,6 +91,7 @@ def main() -> None:
                 "preprocess_over_decode": round(
                     medians["preprocess"] / medians["pillow_full_decode"], 3
                 ),
+                "views": len(preprocess_views(photos[0]).names),
             },
             indent=1,
         )

@@ -517,7 +517,9 @@ def query(
             if grid is not None:
                 rows.append(figures.query_row(index, name, name, answer.pixels, answer.hits))
             if explain is not None:
-                explained.append(figures.ExplainRow(name, answer.pixels, answer.steps))
+                explained.append(
+                    figures.ExplainRow(name, answer.pixels, answer.steps, answer.framing)
+                )
         if grid is not None and rows:
             figures.query_grid(rows, grid)
             typer.echo(f"wrote {grid}", err=True)  # stdout carries only results

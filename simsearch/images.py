@@ -20,6 +20,10 @@ white, JPEG, off centre) precisely enough that the item finds itself again:
   dataset; intensities are stretched so the object's peak is 255 (every Fashion-MNIST item peaks
   at 254 or 255).
 
+A query searches a photo in several framings of the object found (:func:`preprocess_views`):
+shifted by half a pixel, a little smaller and larger, turned by a few degrees, with the faint
+part of its base cut away; each catalog item is judged by the view that matches it best.
+
 Large images are box-reduced to about 512 px a strip at a time, before any float work and in
 their own mode (16-bit, float, palette, CMYK, ...), so a call needs little memory beyond the
 decoded image whatever its size and mode. Only numpy and Pillow are imported.

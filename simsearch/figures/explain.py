@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from simsearch.figures.drawing import fit_text, save_png, typeface
-from simsearch.images import SIZE, Steps
+from simsearch.images import AS_FOUND, SIZE, Steps
 
 __all__ = ["PANEL", "ExplainRow", "draw_explain", "explain_size"]
 
@@ -37,6 +37,7 @@ class ExplainRow:
     name: str
     pixels: np.ndarray
     steps: Steps | None
+    framing: str = AS_FOUND  # the view of a photo that matched best (images.preprocess_views)
 
 
 def explain_size(rows: int) -> tuple[int, int]:
@@ -91,7 +92,8 @@ def _draw_row(canvas: Image.Image, draw: ImageDraw.ImageDraw, row: ExplainRow, t
             f"tilt {steps.tilt:+.1f} deg corrected" if steps.tilt else "upright (no tilt corrected)"
         )
         panels.append((_overlay(steps), "object (blue) and crop (red)", tilt))
-    panels.append((_gray(row.pixels), f"model input {SIZE}x{SIZE}", "light object on black"))
+    framing = "light object on black" if row.framing == AS_FOUND else f"best view: {row.framing}"
+    panels.append((_gray(row.pixels), f"model input {SIZE}x{SIZE}", framing))
     font = typeface(12)
     for i, (image, line1, line2) in enumerate(panels):
         x = PAD + i * (PANEL + PAD)
