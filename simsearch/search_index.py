@@ -49,6 +49,7 @@ DATA_FILES = ("vectors.npy", "items.npz", "images.npy")  # and the FAISS index's
 EXACT_BATCH = 256  # queries per block of exact search (a block's scores: 256 x catalog floats)
 # Array shapes taken as a batch of 28x28 images (besides (n, 28, 28)).
 IMAGE_SHAPES = ((28, 28), (28, 28, 1), (1, 28, 28), (784,))
+ONE = np.float32(1.0)  # of the scores' type: numpy then clips them without casting
 LOAD_ATTEMPTS = 3  # a writer may replace the version being read; then read the new one
 # Where a loaded index's FAISS part comes from: (index directory, its manifest) -> searcher.
 SearcherSource = Callable[[Path, dict[str, Any]], vector_index.Searcher]
@@ -734,10 +735,10 @@ class SearchIndex:
                 vectors, k, allowed, threads=threads, catalog=version.vectors
             )
             short = rows[:, -1] < 0  # FAISS fills a row's end with -1
-            if short.any():  # the approximate search came back with fewer than k: complete it
+            if np.count_nonzero(short):  # the approximate search found fewer than k: complete it
                 scores[short], rows[short] = _exact(version.vectors, vectors[short], k, candidates)
-        np.minimum(scores, 1.0, out=scores)  # float rounding can step past +-1
-        np.maximum(scores, -1.0, out=scores)
+        np.minimum(scores, ONE, out=scores)  # float rounding can step past +-1
+        np.maximum(scores, -ONE, out=scores)
         if where.min_similarity is not None:
             below = scores < where.min_similarity
             scores[below], rows[below] = np.nan, -1
