@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import mmap
 import os
 import threading
@@ -27,7 +28,7 @@ from simsearch.errors import (
     IndexExistsError,
     ItemNotFoundError,
 )
-from simsearch.hit import Hit, ItemFields, many_objects, ranked_hits
+from simsearch.hit import Hit, ItemColumns, hits_from_columns, many_objects
 from simsearch.images import ImageInput, Steps, preprocess, preprocess_array
 from simsearch.images import explain as explain_preprocessing
 from simsearch.vector_index import VectorIndex
@@ -153,10 +154,13 @@ class _Version:
     sources: np.ndarray
     images: np.ndarray | StoredImages | None
     vindex: vector_index.Searcher
-    # Filled lazily: id -> row, and (id, label, label name, source) per row returned by queries.
+    # Filled lazily: id -> row, and the objects Hits show, per row returned by queries.
     row_index: dict[str, int] = field(default_factory=dict)
-    hit_fields: dict[int, ItemFields] = field(default_factory=dict)
+    hit_items: ItemColumns = field(init=False)
     masks: dict[tuple[Any, ...], NDArray[np.bool_]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hit_items", ItemColumns(self.ids, self.labels, self.sources))
 
     def row_of(self, item_id: str) -> int:
         if not self.row_index and len(self.ids):
@@ -749,33 +753,26 @@ class SearchIndex:
     ) -> list[list[Hit]]:
         """FAISS-shaped (n, k) scores and rows -> one list of Hits per query (rows -1 left
         out: no result)."""
-        # Whole-batch numpy first, then one cheap Hit per result: at 10 hits per query,
+        # Whole-batch numpy first, then the Hits column by column: at 10 hits per query,
         # building Hits is a large share of a batch's time. Similarities are rounded to what
         # float32 vectors can tell apart (6 decimals): an item matched with itself is 1.0.
         similarities = np.round(scores.astype(np.float64), 6)
         distances = np.round(1.0 - similarities, 6)
-        fields = version.hit_fields.get
+        found = rows >= 0  # -1: no result (cut by a threshold)
+        ranks = np.cumsum(found, axis=1)  # 1, 2, ... over each query's results
+        ids, labels, names, sources = version.hit_items.take(rows[found], self.label_names)
         with many_objects():
-            return [
-                ranked_hits(
-                    (fields(row) or self._item_fields(version, row), similarity, distance)
-                    for similarity, distance, row in zip(s, d, r, strict=True)
-                    if row >= 0  # -1: no result (cut by a threshold)
-                )
-                for s, d, r in zip(
-                    similarities.tolist(), distances.tolist(), rows.tolist(), strict=True
-                )
-            ]
-
-    def _item_fields(self, version: _Version, row: int) -> ItemFields:
-        """(id, label, label name, source) of a catalog row, cached for the next queries."""
-        fields = version.hit_fields[row] = (
-            str(version.ids[row]),
-            self._label(version, row),
-            self._label_name(version, row),
-            str(version.sources[row]) or None,
-        )
-        return fields
+            hits = hits_from_columns(
+                ranks[found].tolist(),
+                ids,
+                labels,
+                names,
+                similarities[found].tolist(),
+                distances[found].tolist(),
+                sources,
+            )
+        ends = np.cumsum(np.count_nonzero(found, axis=1)).tolist()
+        return [hits[start:end] for start, end in itertools.pairwise([0, *ends])]
 
     # ------------------------------------------------------------------ changes
 
