@@ -570,7 +570,10 @@ class SearchIndex:
         """
         where = self._where(labels, id_prefix, exclude_ids, min_similarity, max_distance)
         vectors = _check_vectors(vectors, self.dim)
-        return _joined(self._answers(self._version, vectors, _check_k(k), where, embed=False))
+        k = _check_k(k)
+        if len(vectors) < vector_index.SMALL_BATCH:  # one chunk (the usual single query)
+            return self._search(self._version, vectors, k, where, self._threads)
+        return _joined(self._answers(self._version, vectors, k, where, embed=False))
 
     def search_arrays(
         self,
