@@ -766,6 +766,8 @@ class SearchIndex:
         # Whole-batch numpy first, then the Hits column by column: at 10 hits per query,
         # building Hits is a large share of a batch's time. Similarities are rounded to what
         # float32 vectors can tell apart (6 decimals): an item matched with itself is 1.0.
+        if not rows.shape[1]:  # k' = 0: nothing passed the filters
+            return [[] for _ in range(len(rows))]
         similarities = np.round(scores.astype(np.float64), 6)
         distances = np.round(1.0 - similarities, 6)
         found = rows >= 0  # -1: no result (cut by a threshold)
@@ -781,7 +783,7 @@ class SearchIndex:
                 distances[found].tolist(),
                 sources,
             )
-        ends = np.cumsum(np.count_nonzero(found, axis=1)).tolist()
+        ends = itertools.accumulate(ranks[:, -1].tolist())  # (the last rank: results found)
         return [hits[start:end] for start, end in itertools.pairwise([0, *ends])]
 
     # ------------------------------------------------------------------ changes
