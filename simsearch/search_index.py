@@ -748,8 +748,10 @@ class SearchIndex:
             scores, rows = version.vindex.search(
                 vectors, k, allowed, threads=threads, catalog=version.vectors
             )
-            short = rows[:, -1] < 0  # FAISS fills a row's end with -1
-            if np.count_nonzero(short):  # the approximate search found fewer than k: complete it
+            # FAISS fills a row's end with -1 when it found fewer than k: complete those rows.
+            # (The test in Python: for one query, a third of what numpy's takes.)
+            if min(rows[:, -1].tolist()) < 0:
+                short = rows[:, -1] < 0
                 scores[short], rows[short] = _exact(version.vectors, vectors[short], k, candidates)
         np.minimum(scores, ONE, out=scores)  # float rounding can step past +-1
         np.maximum(scores, -ONE, out=scores)
