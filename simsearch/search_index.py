@@ -753,8 +753,12 @@ class SearchIndex:
             if min(rows[:, -1].tolist()) < 0:
                 short = rows[:, -1] < 0
                 scores[short], rows[short] = _exact(version.vectors, vectors[short], k, candidates)
-        np.minimum(scores, ONE, out=scores)  # float rounding can step past +-1
-        np.maximum(scores, -ONE, out=scores)
+        # Float rounding can step past +-1: clip. (One query's k scores are checked in Python
+        # first, cheaper than numpy's two calls, which they seldom need.)
+        one = scores[0].tolist() if n == 1 else None
+        if one is None or min(one) < -1.0 or max(one) > 1.0:
+            np.minimum(scores, ONE, out=scores)
+            np.maximum(scores, -ONE, out=scores)
         if where.min_similarity is not None:
             below = scores < where.min_similarity
             scores[below], rows[below] = np.nan, -1
