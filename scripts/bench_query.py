@@ -33,6 +33,7 @@ from simsearch.data import load_split
 from simsearch.encoders import normalize
 from simsearch.images import preprocess, preprocess_array
 from simsearch.search_index import NO_FILTER
+from simsearch.search_index import _by_locality as by_locality
 
 
 def rss_mb() -> float:
@@ -97,7 +98,9 @@ def stages_in_turn(index: SearchIndex, images: np.ndarray) -> None:
 
 
 def stage_cpu(index: SearchIndex, images: np.ndarray) -> dict[str, float]:
-    """CPU seconds of each stage of a batch, summed over its chunks (each on one thread)."""
+    """CPU seconds of each stage of a batch, summed over its chunks (each on one thread), the
+    chunks in the batch's order; ``search_grouped``: the search again as query_batch runs it,
+    the queries grouped by where they lead in the catalog first (grouping included)."""
     version = index._version
     spent = dict.fromkeys(("preprocess", "encode", "normalize", "search", "hits"), 0.0)
     clock = time.thread_time
@@ -118,6 +121,12 @@ def stage_cpu(index: SearchIndex, images: np.ndarray) -> dict[str, float]:
         names = ("encode", "normalize", "search", "hits")
         for name, a, b in zip(names, marks, marks[1:], strict=False):
             spent[name] += b - a
+    vectors = index.embed_pixels(pixels)
+    start = clock()
+    order = by_locality(version, vectors)
+    for begin in range(0, len(order), 128):
+        index._search(version, vectors[order[begin : begin + 128]], 10, NO_FILTER, 1)
+    spent["search_grouped"] = clock() - start
     return {name: round(value, 3) for name, value in spent.items()}
 
 

@@ -49,6 +49,8 @@ def chunks(n: int, threads: int, size: int = CHUNK) -> list[slice]:
     ``threads`` slices when there is enough work (``size // 4`` items each) to share."""
     if n <= 0:
         return []
+    if n < 2 * max(1, size // 4):  # too little to share (the common single query): one slice
+        return [slice(0, n)]
     parts = -(-n // size)
     parts = max(parts, min(threads, n // max(1, size // 4)))
     bounds = [n * i // parts for i in range(parts + 1)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import mmap
 import os
 import threading
@@ -27,7 +28,7 @@ from simsearch.errors import (
     IndexExistsError,
     ItemNotFoundError,
 )
-from simsearch.hit import Hit, ItemFields, many_objects, ranked_hits
+from simsearch.hit import Hit, ItemColumns, hits_from_columns, many_objects
 from simsearch.images import (
     AS_FOUND,
     ImageInput,
@@ -55,6 +56,9 @@ DATA_FILES = ("vectors.npy", "items.npz", "images.npy")  # and the FAISS index's
 EXACT_BATCH = 256  # queries per block of exact search (a block's scores: 256 x catalog floats)
 # Array shapes taken as a batch of 28x28 images (besides (n, 28, 28)).
 IMAGE_SHAPES = ((28, 28), (28, 28, 1), (1, 28, 28), (784,))
+LOCALITY_ANCHORS = 256  # catalog vectors that a batch's queries are grouped around
+LOCALITY_BLOCK = 8192  # queries compared with them at a time (8 MB of scores)
+ONE = np.float32(1.0)  # of the scores' type: numpy then clips them without casting
 LOAD_ATTEMPTS = 3  # a writer may replace the version being read; then read the new one
 # Where a loaded index's FAISS part comes from: (index directory, its manifest) -> searcher.
 SearcherSource = Callable[[Path, dict[str, Any]], vector_index.Searcher]
@@ -159,10 +163,13 @@ class _Version:
     sources: np.ndarray
     images: np.ndarray | StoredImages | None
     vindex: vector_index.Searcher
-    # Filled lazily: id -> row, and (id, label, label name, source) per row returned by queries.
+    # Filled lazily: id -> row, and the objects Hits show, per row returned by queries.
     row_index: dict[str, int] = field(default_factory=dict)
-    hit_fields: dict[int, ItemFields] = field(default_factory=dict)
+    hit_items: ItemColumns = field(init=False)
     masks: dict[tuple[Any, ...], NDArray[np.bool_]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hit_items", ItemColumns(self.ids, self.labels, self.sources))
 
     def row_of(self, item_id: str) -> int:
         if not self.row_index and len(self.ids):
@@ -570,7 +577,10 @@ class SearchIndex:
         """
         where = self._where(labels, id_prefix, exclude_ids, min_similarity, max_distance)
         vectors = _check_vectors(vectors, self.dim)
-        return _joined(self._answers(self._version, vectors, _check_k(k), where, embed=False))
+        k = _check_k(k)
+        if len(vectors) < vector_index.SMALL_BATCH:  # one chunk (the usual single query)
+            return self._search(self._version, vectors, k, where, self._threads)
+        return _joined(self._answers(self._version, vectors, k, where, embed=False))
 
     def search_arrays(
         self,
@@ -652,7 +662,7 @@ class SearchIndex:
         framings (:func:`simsearch.images.preprocess_views`), each hit with its best
         similarity. Raises InvalidImageError."""
         pixels, owner = _to_views(images)
-        if len(pixels) == len(owner) and (owner == np.arange(len(owner))).all():
+        if (owner == np.arange(len(owner))).all():
             return self.query_pixels(pixels, k, **filters)  # one view each
         version = self._version
         where = self._where(**filters)
@@ -664,10 +674,16 @@ class SearchIndex:
         version = self._version  # one version for the search and the hits
         where = self._where(**filters)
         k = _check_k(k)
-        hits: list[list[Hit]] = []
-        # The calling thread makes the Hits of each chunk while the next ones are searched.
-        for scores, rows in self._answers(version, _check_pixels(pixels), k, where, embed=True):
-            hits.extend(self._hit_lists(version, scores, rows))
+        pixels = _check_pixels(pixels)
+        hits: list[list[Hit]] = [[] for _ in range(len(pixels))]
+        # The calling thread makes the Hits of each chunk while the next ones are searched;
+        # the garbage collector then looks at them once, after the batch (see many_objects).
+        with many_objects():
+            for positions, scores, rows in self._answers(version, pixels, k, where, embed=True):
+                for position, query_hits in zip(
+                    positions.tolist(), self._hit_lists(version, scores, rows), strict=True
+                ):
+                    hits[position] = query_hits
         return hits
 
     # ------------------------------------------------------------------ search internals
@@ -718,23 +734,22 @@ class SearchIndex:
 
     def _answers(
         self, version: _Version, data: np.ndarray, k: int, where: _Where, embed: bool
-    ) -> Iterator[tuple[Floats, Rows]]:
-        """:meth:`_search` over a batch of unit vectors, or of (n, 28, 28) uint8 pixels
-        embedded first (``embed``), in chunks on :attr:`threads` threads, each chunk embedded
-        and searched on one core: (scores, rows) per chunk, in order."""
-        if embed and not self.encoder.in_chunks:
-            data, embed = self.embed_pixels(data), False
+    ) -> Iterator[tuple[Rows, Floats, Rows]]:
+        """:meth:`_search` over a batch of unit vectors, or of (n, 28, 28) uint8 pixels embedded
+        first (``embed``), in chunks on :attr:`threads` threads, each chunk searched on one
+        core: (the chunk's positions in the batch, its scores, its rows) per chunk, in turn."""
         parts = parallel.chunks(len(data), self._threads)
+        vectors = self.embed_pixels(data) if embed else data  # in chunks on the threads too
         if len(parts) <= 1:  # one chunk: in this thread, FAISS on all the threads allowed
-            vectors = self.embed_pixels(data) if embed else data
-            return iter((self._search(version, vectors, k, where, self._threads),))
+            scores, rows = self._search(version, vectors, k, where, self._threads)
+            return iter(((np.arange(len(vectors)), scores, rows),))
         version.allowed(where)  # the filter mask, made (and cached) once for every chunk
+        order = _by_locality(version, vectors)
 
-        def answer(chunk: np.ndarray) -> tuple[Floats, Rows]:
-            vectors = normalize(self.encoder.encode(chunk, threads=1)) if embed else chunk
-            return self._search(version, vectors, k, where, threads=1)
+        def answer(positions: Rows) -> tuple[Rows, Floats, Rows]:
+            return positions, *self._search(version, vectors[positions], k, where, threads=1)
 
-        return parallel.map_in_order(answer, [data[p] for p in parts], self._threads)
+        return parallel.map_in_order(answer, [order[p] for p in parts], self._threads)
 
     def _search(
         self, version: _Version, vectors: Floats, k: int, where: _Where, threads: int
@@ -752,11 +767,17 @@ class SearchIndex:
             scores, rows = version.vindex.search(
                 vectors, k, allowed, threads=threads, catalog=version.vectors
             )
-            short = rows[:, -1] < 0  # FAISS fills a row's end with -1
-            if short.any():  # the approximate search came back with fewer than k: complete it
+            # FAISS fills a row's end with -1 when it found fewer than k: complete those rows.
+            # (The test in Python: for one query, a third of what numpy's takes.)
+            if min(rows[:, -1].tolist()) < 0:
+                short = rows[:, -1] < 0
                 scores[short], rows[short] = _exact(version.vectors, vectors[short], k, candidates)
-        np.minimum(scores, 1.0, out=scores)  # float rounding can step past +-1
-        np.maximum(scores, -1.0, out=scores)
+        # Float rounding can step past +-1: clip. (One query's k scores are checked in Python
+        # first, cheaper than numpy's two calls, which they seldom need.)
+        one = scores[0].tolist() if n == 1 else None
+        if one is None or min(one) < -1.0 or max(one) > 1.0:
+            np.minimum(scores, ONE, out=scores)
+            np.maximum(scores, -ONE, out=scores)
         if where.min_similarity is not None:
             below = scores < where.min_similarity
             scores[below], rows[below] = np.nan, -1
@@ -777,33 +798,28 @@ class SearchIndex:
     ) -> list[list[Hit]]:
         """FAISS-shaped (n, k) scores and rows -> one list of Hits per query (rows -1 left
         out: no result)."""
-        # Whole-batch numpy first, then one cheap Hit per result: at 10 hits per query,
+        # Whole-batch numpy first, then the Hits column by column: at 10 hits per query,
         # building Hits is a large share of a batch's time. Similarities are rounded to what
         # float32 vectors can tell apart (6 decimals): an item matched with itself is 1.0.
+        if not rows.shape[1]:  # k' = 0: nothing passed the filters
+            return [[] for _ in range(len(rows))]
         similarities = np.round(scores.astype(np.float64), 6)
         distances = np.round(1.0 - similarities, 6)
-        fields = version.hit_fields.get
+        found = rows >= 0  # -1: no result (cut by a threshold)
+        ranks = np.cumsum(found, axis=1)  # 1, 2, ... over each query's results
+        ids, labels, names, sources = version.hit_items.take(rows[found], self.label_names)
         with many_objects():
-            return [
-                ranked_hits(
-                    (fields(row) or self._item_fields(version, row), similarity, distance)
-                    for similarity, distance, row in zip(s, d, r, strict=True)
-                    if row >= 0  # -1: no result (cut by a threshold)
-                )
-                for s, d, r in zip(
-                    similarities.tolist(), distances.tolist(), rows.tolist(), strict=True
-                )
-            ]
-
-    def _item_fields(self, version: _Version, row: int) -> ItemFields:
-        """(id, label, label name, source) of a catalog row, cached for the next queries."""
-        fields = version.hit_fields[row] = (
-            str(version.ids[row]),
-            self._label(version, row),
-            self._label_name(version, row),
-            str(version.sources[row]) or None,
-        )
-        return fields
+            hits = hits_from_columns(
+                ranks[found].tolist(),
+                ids,
+                labels,
+                names,
+                similarities[found].tolist(),
+                distances[found].tolist(),
+                sources,
+            )
+        ends = itertools.accumulate(ranks[:, -1].tolist())  # (the last rank: results found)
+        return [hits[start:end] for start, end in itertools.pairwise([0, *ends])]
 
     # ------------------------------------------------------------------ changes
 
@@ -1034,12 +1050,39 @@ def _exact(
     return scores, rows
 
 
-def _joined(answers: Iterator[tuple[Floats, Rows]]) -> tuple[Floats, Rows]:
-    """The (scores, rows) of a batch's chunks, stacked."""
+def _joined(answers: Iterator[tuple[Rows, Floats, Rows]]) -> tuple[Floats, Rows]:
+    """The (scores, rows) of a batch's chunks, in the batch's order."""
     parts = list(answers)
     if len(parts) == 1:
-        return parts[0]
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        return parts[0][1], parts[0][2]
+    positions = np.concatenate([p[0] for p in parts])
+    scores = np.empty((len(positions), *parts[0][1].shape[1:]), parts[0][1].dtype)
+    rows = np.empty((len(positions), *parts[0][2].shape[1:]), parts[0][2].dtype)
+    scores[positions] = np.concatenate([p[1] for p in parts])
+    rows[positions] = np.concatenate([p[2] for p in parts])
+    return scores, rows
+
+
+def _by_locality(version: _Version, vectors: Floats) -> Rows:
+    """An order of a batch's queries that puts those near the same part of the catalog next to
+    each other: searched in turn, they visit the same graph nodes or lists, which then stay in
+    the CPU's caches (a third less search time for the 10,000 Fashion-MNIST test images than in
+    their own order, HNSW and IVF alike). An HNSW walk or an IVF scan for one query does not
+    depend on the others, so only speed changes. A flat index reads the whole catalog for
+    every query whatever the order: its batches keep theirs.
+    """
+    if version.vindex.kind == "flat":
+        return np.arange(len(vectors))
+    catalog = version.vectors
+    # A spread of the catalog, contiguous (numpy multiplies strided arrays without BLAS).
+    anchors = np.ascontiguousarray(catalog[:: max(1, len(catalog) // LOCALITY_ANCHORS)]).T
+    nearest = np.concatenate(
+        [
+            np.argmax(vectors[start : start + LOCALITY_BLOCK] @ anchors, axis=1)
+            for start in range(0, len(vectors), LOCALITY_BLOCK)
+        ]
+    )
+    return np.argsort(nearest, kind="stable")
 
 
 def _fuse(

@@ -145,27 +145,32 @@ def search(
     k = min(int(k), int(index.ntotal))
     if k <= 0 or len(vectors) == 0:
         return np.zeros((len(vectors), 0), np.float32), np.zeros((len(vectors), 0), np.int64)
-    return _on_threads(threads, len(vectors), lambda: _search(index, vectors, k, params, coarse))
+    return _on_threads(threads, len(vectors), _search, index, vectors, k, params, coarse)
 
 
 def _search(
     index: Any, vectors: np.ndarray, k: int, params: Any, coarse: Any
 ) -> tuple[np.ndarray, np.ndarray]:
-    if coarse is None:
-        extra = {"params": params} if params is not None else {}
-        scores, rows = index.search(vectors, k, **extra)
-        return scores, rows
+    """The C++ search of checked (n, d) contiguous float32 ``vectors``, 0 < k <= ntotal."""
     import faiss
 
+    n = len(vectors)
+    scores = np.empty((n, k), np.float32)
+    rows = np.empty((n, k), np.int64)
+    if coarse is None:
+        # FAISS's Python ``index.search`` would check and convert the arguments again (a few
+        # microseconds, a sizeable share of a one-query search).
+        index.search_c(
+            n, faiss.swig_ptr(vectors), k, faiss.swig_ptr(scores), faiss.swig_ptr(rows), params
+        )
+        return scores, rows
     # The C++ call: FAISS's Python wrapper of search_preassigned takes no SearchParameters.
     centroid_scores = np.ascontiguousarray(coarse[0], dtype=np.float32)
     lists = np.ascontiguousarray(coarse[1], dtype=np.int64)
-    if lists.shape != (len(vectors), index.nprobe) or centroid_scores.shape != lists.shape:
+    if lists.shape != (n, index.nprobe) or centroid_scores.shape != lists.shape:
         raise ConfigError(f"coarse assignment of shape {lists.shape} for nprobe {index.nprobe}")
-    scores = np.empty((len(vectors), k), np.float32)
-    rows = np.empty((len(vectors), k), np.int64)
     index.search_preassigned_c(
-        len(vectors),
+        n,
         faiss.swig_ptr(vectors),
         k,
         faiss.swig_ptr(lists),
@@ -200,19 +205,18 @@ def rerank(
     _on_threads(
         threads,
         n,
-        lambda: faiss.knn_inner_products_by_idx(  # type: ignore[attr-defined]  # not in the stubs
-            faiss.swig_ptr(queries),
-            faiss.swig_ptr(catalog),
-            faiss.swig_ptr(candidates),
-            catalog.shape[1],
-            n,
-            len(catalog),
-            c,
-            k,
-            faiss.swig_ptr(scores),
-            faiss.swig_ptr(rows),
-            c,  # the stride between queries' candidate lists
-        ),
+        faiss.knn_inner_products_by_idx,  # type: ignore[attr-defined]  # not in the stubs
+        faiss.swig_ptr(queries),
+        faiss.swig_ptr(catalog),
+        faiss.swig_ptr(candidates),
+        catalog.shape[1],
+        n,
+        len(catalog),
+        c,
+        k,
+        faiss.swig_ptr(scores),
+        faiss.swig_ptr(rows),
+        c,  # the stride between queries' candidate lists
     )
     return scores, rows
 
@@ -222,21 +226,21 @@ def refine_of(kind: str, params: dict[str, Any]) -> int:
     return max(1, int(params.get("refine") or 1)) if kind == FASTSCAN else 1
 
 
-def _on_threads(threads: int | None, n: int, call: Callable[[], Any]) -> Any:
-    """``call()`` with at most ``threads`` OpenMP threads (None: FAISS's setting for the
+def _on_threads(threads: int | None, n: int, call: Callable[..., Any], *args: Any) -> Any:
+    """``call(*args)`` with at most ``threads`` OpenMP threads (None: FAISS's setting for the
     calling thread, which is per thread and restored after); fewer than SMALL_BATCH queries on
     one: starting a thread team costs more than such a search (on a busy machine, ms)."""
     wanted = 1 if n < SMALL_BATCH else threads
     if wanted is None:
-        return call()
+        return call(*args)
     import faiss
 
     before = faiss.omp_get_max_threads()
     if before == wanted:
-        return call()
+        return call(*args)
     faiss.omp_set_num_threads(wanted)
     try:
-        return call()
+        return call(*args)
     finally:
         faiss.omp_set_num_threads(before)
 
@@ -292,6 +296,12 @@ class VectorIndex:
             if self.unreachable is None
             else np.stack([index.reconstruct(int(p)) for p in self.unreachable])
         )
+        # Read once for every search (FAISS's attributes cost a microsecond or so each).
+        self._d = int(index.d)
+        self._ntotal = int(index.ntotal)
+        self._count = self._ntotal - self.tombstones
+        self._refine = refine_of(kind, self.params)
+        self._hnsw = index.hnsw if kind == "hnsw" else None  # efSearch read at each search
 
     @classmethod
     def build(cls, vectors: np.ndarray, kind: str, params: dict[str, Any]) -> VectorIndex:
@@ -347,8 +357,11 @@ class VectorIndex:
         ``ivf-fastscan`` index re-ranks its ``refine`` x k best candidates with them (without,
         its scores are the quantized codes' approximations).
         """
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self._d:
+            raise ConfigError(f"query vectors have shape {vectors.shape}, expected (n, {self._d})")
         selection = self._live
-        live = self.count
+        live = self._count
         if allowed is not None:
             positions_allowed = (
                 allowed
@@ -358,14 +371,17 @@ class VectorIndex:
             selection = _Selection(positions_allowed)
             live = selection.count
         k = min(int(k), live)
-        if k <= 0:
-            return np.zeros((len(vectors), 0), np.float32), np.zeros((len(vectors), 0), np.int64)
+        n = len(vectors)
+        if k <= 0 or n == 0:
+            return np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64)
         params = self._search_params(k, selection)
-        refine = refine_of(self.kind, self.params)
-        if refine > 1 and catalog is not None and self.rows is None:
-            _, candidates = search(self.index, vectors, k * refine, params, coarse, threads)
+        if self._refine > 1 and catalog is not None and self.rows is None:
+            wide = min(k * self._refine, self._ntotal)
+            _, candidates = _on_threads(
+                threads, n, _search, self.index, vectors, wide, params, coarse
+            )
             return rerank(vectors, catalog, candidates, k, threads)
-        scores, positions = search(self.index, vectors, k, params, coarse, threads)
+        scores, positions = _on_threads(threads, n, _search, self.index, vectors, k, params, coarse)
         if self.unreachable is not None:
             scores, positions = self._with_unreachable(vectors, k, scores, positions, selection)
         if self.rows is None:
@@ -388,8 +404,9 @@ class VectorIndex:
             if not keep.any():
                 return scores, positions
             lost, lost_vectors = lost[keep], lost_vectors[keep]
-        extra = np.asarray(vectors, np.float32) @ lost_vectors.T
-        if scores.shape[1] >= k and bool((extra < scores[:, -1:]).all()):
+        extra = vectors @ lost_vectors.T
+        below = np.count_nonzero(extra < scores[:, -1:])  # (count_nonzero: cheaper than all)
+        if scores.shape[1] >= k and below == extra.size:
             return scores, positions  # (the usual case) none of them enters any top k
         extra_positions = np.broadcast_to(lost, extra.shape)
         found = np.isin(positions, lost)  # already found by the walk
@@ -397,21 +414,18 @@ class VectorIndex:
         return merge_top_k([(scores, np.where(found, -1, positions)), (extra, extra_positions)], k)
 
     def _search_params(self, k: int, selection: _Selection | None) -> Any:
+        if selection is None and (self._hnsw is None or k <= self._hnsw.efSearch):
+            return None  # the index's own settings: no parameters to make per call
         import faiss
 
         params: Any
-        if self.kind == "hnsw":
-            own = int(self.index.hnsw.efSearch)
-            ef = max(own, k)
+        if self._hnsw is not None:
+            ef = max(int(self._hnsw.efSearch), k)
             if selection is not None and selection.count < self.ntotal:
                 # A filter keeps a share of what the graph walk meets: look at more candidates.
                 ef = max(ef, int(k * self.ntotal / max(selection.count, 1)))
-            if selection is None and ef == own:
-                return None  # the index's own setting: no parameters to make per call
             params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # not in the stubs
             params.efSearch = min(ef, MAX_EF_SEARCH)
-        elif selection is None:
-            return None  # flat and IVF: nothing differs from the index's own settings
         elif self.kind in IVF_TYPES:
             params = faiss.SearchParametersIVF()
             params.nprobe = int(self.index.nprobe)

@@ -18,6 +18,7 @@ from simsearch import Hit, SearchIndex, parallel, vector_index
 from simsearch.cli import app
 from simsearch.errors import ConfigError
 from simsearch.hit import many_objects, ranked_hits
+from simsearch.vector_index import FASTSCAN
 from tests.fakedata import make_images
 
 
@@ -202,3 +203,121 @@ def test_fastscan_index_from_the_cli(fake_data_dir: Path, tmp_path: Path) -> Non
     assert len(again) == 400
     assert again.query(np.asarray(again.images[-1]), k=1)[0].id == "half-of-0"
     assert "fashion-mnist/train/00011" not in {h.id for h in again.query(item, k=5)}
+
+
+# ---------------------------------------------------------------------- batches of real images
+
+
+@pytest.fixture(scope="module")
+def real_catalog() -> tuple[SearchIndex, np.ndarray]:
+    """A flat index of 6,000 real Fashion-MNIST items with a PCA encoder, and 700 real test
+    images to query it with (several chunks of a batch)."""
+    import io
+
+    from simsearch.data import load_items, load_split
+    from simsearch.encoders import LinearEncoder, fit_pca, normalize
+    from tests.conftest import real_data_or_skip
+
+    data_dir = real_data_or_skip()
+    images, labels, ids = load_items("train", limit=6000, data_dir=data_dir)
+    mean, components = fit_pca(images, 16)
+    buffer = io.BytesIO()
+    np.savez(buffer, mean=mean, components=components)
+    encoder = LinearEncoder(Path("encoder.npz"), buffer.getvalue())
+    manifest = {
+        "embedding_dim": 16,
+        "catalog": {"label_names": ["T-shirt/top", "Trouser", "Pullover"]},  # some unnamed
+        "index": {"type": "flat"},
+        "model": {"model": "pca", "encoder_file": "encoder.npz"},
+    }
+    index = SearchIndex(
+        encoder=encoder,
+        encoder_file=Path("encoder.npz"),
+        vectors=normalize(encoder.encode(images)),
+        ids=np.asarray(ids),
+        labels=labels.astype(np.int16),
+        sources=np.asarray([f"/shop/{i}.png" if i % 2 else "" for i in range(len(ids))]),
+        images=images,
+        manifest=manifest,
+    )
+    return index, load_split("test", data_dir).images[:700]
+
+
+def of_type(catalog: SearchIndex, kind: str) -> SearchIndex:
+    """The catalog as an index of another type, with its default settings."""
+    params = vector_index.default_params(kind, len(catalog))
+    return SearchIndex(
+        encoder=catalog.encoder,
+        encoder_file=catalog.encoder_file,
+        vectors=catalog.vectors,
+        ids=catalog.ids,
+        labels=catalog.labels,
+        sources=catalog.sources,
+        images=np.asarray(catalog.images),
+        manifest=catalog.manifest | {"index": {"type": kind, "params": params}},
+    )
+
+
+def plain_hits(index: SearchIndex, scores: np.ndarray, rows: np.ndarray) -> list[list[Hit]]:
+    """Hits made one by one with ``Hit(...)`` from one query's search arrays."""
+    out = []
+    for query_scores, query_rows in zip(scores.tolist(), rows.tolist(), strict=True):
+        hits: list[Hit] = []
+        for score, row in zip(query_scores, query_rows, strict=True):
+            if row < 0:
+                continue
+            label = index.label_of(row)
+            similarity = float(np.round(score, 6))  # float32 scores, rounded as float64
+            hits.append(
+                Hit(
+                    len(hits) + 1,
+                    str(index.ids[row]),
+                    label,
+                    index.label_name_of(row),
+                    similarity,
+                    float(np.round(1.0 - similarity, 6)),
+                    str(index.sources[row]) or None,
+                )
+            )
+        out.append(hits)
+    return out
+
+
+@pytest.mark.parametrize(("kind", "removed"), [("hnsw", False), ("hnsw", True), (FASTSCAN, False)])
+def test_batches_answer_like_single_queries_on_real_images(
+    real_catalog: tuple[SearchIndex, np.ndarray], kind: str, removed: bool
+) -> None:
+    """A batch is searched in chunks on threads, its queries regrouped by where they lead in the
+    catalog, its Hits made column by column: the same answers as one query at a time, and the
+    one-query HNSW search gives what FAISS's own search gives."""
+    index = of_type(real_catalog[0], kind)
+    images = real_catalog[1]
+    if removed:  # tombstones: FAISS positions mapped to catalog rows, removed ones skipped
+        index.remove([str(i) for i in index.ids[::50]])
+        assert index.searcher.tombstones
+    index.threads = 2
+    vectors = index.embed(images)
+    singles = [index.search(vectors[i : i + 1], 10) for i in range(len(vectors))]
+    scores = np.concatenate([s for s, _ in singles])
+    rows = np.concatenate([r for _, r in singles])
+    if kind == "hnsw" and not removed:
+        bare_scores, bare_rows = index.faiss_index.search(vectors, 10)
+        np.testing.assert_array_equal(rows, bare_rows)
+        np.testing.assert_array_equal(scores, np.clip(bare_scores, -1, 1))
+    batch_scores, batch_rows = index.search(vectors, 10)
+    np.testing.assert_array_equal(batch_rows, rows)
+    np.testing.assert_array_equal(batch_scores, scores)
+    ids, similarities = index.search_arrays(images, k=10)
+    assert ids.tolist() == index.ids_for(rows).tolist()
+    np.testing.assert_array_equal(similarities, scores)
+    assert index.query_batch(images, k=10) == plain_hits(index, scores, rows)
+    index.threads = 1
+    assert index.query_batch(images, k=10) == plain_hits(index, scores, rows)
+    # A threshold leaves some queries fewer hits (rows -1 in the arrays).
+    index.threads = 2
+    cut = [index.search(vectors[i : i + 1], 10, min_similarity=0.9) for i in range(len(vectors))]
+    cut_scores = np.concatenate([s for s, _ in cut])
+    cut_rows = np.concatenate([r for _, r in cut])
+    assert 0 < np.count_nonzero(cut_rows < 0) < cut_rows.size
+    expected = plain_hits(index, cut_scores, cut_rows)
+    assert index.query_batch(images, k=10, min_similarity=0.9) == expected
