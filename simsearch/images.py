@@ -145,7 +145,8 @@ _VIEW_SCALE = 0.04  # the box this share smaller and larger
 _VIEW_TURNS = (1.5, 3.0, 4.5)  # degrees, either way (under _TILT_MIN or _TILT_GAIN's test)
 _VIEW_CUTS = (0.2, 0.3, 0.4, 0.5, 0.65)  # the bottom band without what is fainter than this
 _VIEW_TURNED_CUTS = {3.0: (0.3, 0.5)}  # share of the object's level; turned ones too
-_VIEW_BAND = 0.4  # the band: this share of the object's height
+_VIEW_BANDS = (0.25, 0.4, 0.55)  # the band: this share of the object's height
+_VIEW_BAND = 0.4  # ... for the turned ones
 
 
 @dataclass(frozen=True)
@@ -1296,15 +1297,16 @@ def _views(signed: np.ndarray, thr: float, lossy: bool, name: str) -> list[tuple
         gx, gy = grow * (x1 - x0) / 2, grow * (y1 - y0) / 2
         add(f"{1 + grow:.0%} of its size",
             lambda gx=gx, gy=gy: _resample(frame, (x0 - gx, y0 - gy, x1 + gx, y1 + gy), name))
-    for share in _VIEW_CUTS:
-        add(f"faint base under {share:.0%} cut",
-            lambda s=share: _crop(_cut_base(signed, thr, s), thr, lossy, name)[0])
+    for band in _VIEW_BANDS:
+        for share in _VIEW_CUTS:
+            add(f"faint base under {share:.0%} cut (lowest {band:.0%})",
+                lambda s=share, b=band: _crop(_cut_base(signed, thr, s, b), thr, lossy, name)[0])
     for degrees in (d * sign for d in _VIEW_TURNS for sign in (-1.0, 1.0)):
         turned = _turn(signed, degrees)
         add(f"turned {degrees:+.1f} deg", lambda m=turned: _crop(m, thr, lossy, name)[0])
         for share in _VIEW_TURNED_CUTS.get(abs(degrees), ()):
             add(f"turned {degrees:+.1f} deg, faint base under {share:.0%} cut",
-                lambda m=turned, s=share: _crop(_cut_base(m, thr, s), thr, lossy, name)[0])
+                lambda m=turned, s=share: _crop(_cut_base(m, thr, s, _VIEW_BAND), thr, lossy, name)[0])
     return out
 
 
@@ -1314,15 +1316,15 @@ def _turn(signed: np.ndarray, degrees: float) -> np.ndarray:
     return np.asarray(image.rotate(degrees, Image.Resampling.BILINEAR, expand=True, fillcolor=0.0))
 
 
-def _cut_base(signed: np.ndarray, thr: float, share: float) -> np.ndarray:
+def _cut_base(signed: np.ndarray, thr: float, share: float, band: float) -> np.ndarray:
     """``signed`` without what is fainter than ``share`` of the object's level in its bottom
-    band (_VIEW_BAND of its height): where a floor shadow joins an object at its base."""
+    ``band`` (a share of its height): where a floor shadow joins an object at its base."""
     mask = signed > thr
     rows = np.flatnonzero(mask.any(axis=1))
     if not len(rows):
         return signed
     level = float(np.quantile(signed[mask], 0.9))
-    top = int(rows[0] + (1.0 - _VIEW_BAND) * (rows[-1] - rows[0]))
+    top = int(rows[0] + (1.0 - band) * (rows[-1] - rows[0]))
     out = np.array(signed, np.float32)
     band = out[top:]
     band[band < share * level] = 0.0
