@@ -37,7 +37,7 @@ import importlib
 import io
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeAlias
@@ -49,17 +49,17 @@ from simsearch import regions
 from simsearch.errors import InvalidImageError
 
 __all__ = [
+    "AS_FOUND",
     "MAX_IMAGE_BYTES",
     "MAX_IMAGE_PIXELS",
     "SIZE",
     "ImageInput",
-    "load_image",
-    "AS_FOUND",
     "Views",
+    "load_image",
     "preprocess",
     "preprocess_array",
-    "preprocess_views",
     "preprocess_batch",
+    "preprocess_views",
 ]
 
 ImageInput: TypeAlias = str | os.PathLike[str] | bytes | Image.Image | np.ndarray
@@ -1281,32 +1281,35 @@ def _views(signed: np.ndarray, thr: float, lossy: bool, name: str) -> list[tuple
     :func:`preprocess_views`): (name, (28, 28) uint8) each; one that comes out blank is left
     out."""
     out: list[tuple[str, np.ndarray]] = []
-
-    def add(label: str, make: Callable[[], np.ndarray]) -> None:
-        with contextlib.suppress(InvalidImageError):
-            out.append((label, make()))
-
     frame = _frame(signed, thr, lossy, name)
+
+    def boxed(label: str, box: tuple[float, float, float, float]) -> None:
+        with contextlib.suppress(InvalidImageError):
+            out.append((label, _resample(frame, box, name)))
+
+    def cropped(label: str, object_map: np.ndarray) -> None:
+        with contextlib.suppress(InvalidImageError):
+            out.append((label, _crop(object_map, thr, lossy, name)[0]))
+
     x0, y0, x1, y1 = frame.box
     unit = max(x1 - x0, y1 - y0) / SIZE  # input px per output px
     for dx, dy in _VIEW_SHIFTS:
         sx, sy = dx * _VIEW_SHIFT * unit, dy * _VIEW_SHIFT * unit
-        add(f"shifted {dx * _VIEW_SHIFT:+.1f}, {dy * _VIEW_SHIFT:+.1f} px",
-            lambda sx=sx, sy=sy: _resample(frame, (x0 + sx, y0 + sy, x1 + sx, y1 + sy), name))
+        label = f"shifted {dx * _VIEW_SHIFT:+.1f}, {dy * _VIEW_SHIFT:+.1f} px"
+        boxed(label, (x0 + sx, y0 + sy, x1 + sx, y1 + sy))
     for grow in (-_VIEW_SCALE, _VIEW_SCALE):
         gx, gy = grow * (x1 - x0) / 2, grow * (y1 - y0) / 2
-        add(f"{1 + grow:.0%} of its size",
-            lambda gx=gx, gy=gy: _resample(frame, (x0 - gx, y0 - gy, x1 + gx, y1 + gy), name))
+        boxed(f"{1 + grow:.0%} of its size", (x0 - gx, y0 - gy, x1 + gx, y1 + gy))
     for band in _VIEW_BANDS:
         for share in _VIEW_CUTS:
-            add(f"faint base under {share:.0%} cut (lowest {band:.0%})",
-                lambda s=share, b=band: _crop(_cut_base(signed, thr, s, b), thr, lossy, name)[0])
+            label = f"faint base under {share:.0%} cut (lowest {band:.0%})"
+            cropped(label, _cut_base(signed, thr, share, band))
     for degrees in (d * sign for d in _VIEW_TURNS for sign in (-1.0, 1.0)):
         turned = _turn(signed, degrees)
-        add(f"turned {degrees:+.1f} deg", lambda m=turned: _crop(m, thr, lossy, name)[0])
+        cropped(f"turned {degrees:+.1f} deg", turned)
         for share in _VIEW_TURNED_CUTS.get(abs(degrees), ()):
-            add(f"turned {degrees:+.1f} deg, faint base under {share:.0%} cut",
-                lambda m=turned, s=share: _crop(_cut_base(m, thr, s, _VIEW_BAND), thr, lossy, name)[0])
+            label = f"turned {degrees:+.1f} deg, faint base under {share:.0%} cut"
+            cropped(label, _cut_base(turned, thr, share, _VIEW_BAND))
     return out
 
 
@@ -1326,8 +1329,8 @@ def _cut_base(signed: np.ndarray, thr: float, share: float, band: float) -> np.n
     level = float(np.quantile(signed[mask], 0.9))
     top = int(rows[0] + (1.0 - band) * (rows[-1] - rows[0]))
     out = np.array(signed, np.float32)
-    band = out[top:]
-    band[band < share * level] = 0.0
+    low = out[top:]
+    low[low < share * level] = 0.0
     return out
 
 
