@@ -712,11 +712,12 @@ def _preprocess(
     # pixel edges of the neighbourhood -> of the analysis image: origin + scale * (x, y)
     origin = np.array([box[0], box[1]], np.float64) / factor
     signed, thr, tilt, to_analysis = _object_map(roi, scene, floor, origin, step / factor)
-    pixels, crop = _crop(signed, thr, lossy, name)
+    frame = _frame(signed, thr, lossy, name)
+    pixels, crop = _resample(frame, frame.box, name), frame.box
     if record is not None:
         record.append(_steps(scene, tilt, to_analysis, crop, pixels))
     if others is not None:
-        others.extend(_views(signed, thr, lossy, name))
+        others.extend(_views(signed, thr, frame, lossy, name))
     return pixels
 
 
@@ -1276,12 +1277,13 @@ def _resample(frame: _Frame, box: tuple[float, float, float, float], name: str) 
     return res
 
 
-def _views(signed: np.ndarray, thr: float, lossy: bool, name: str) -> list[tuple[str, np.ndarray]]:
-    """Other framings of the object in ``signed`` than :func:`_crop`'s (see
-    :func:`preprocess_views`): (name, (28, 28) uint8) each; one that comes out blank is left
-    out."""
+def _views(
+    signed: np.ndarray, thr: float, frame: _Frame, lossy: bool, name: str
+) -> list[tuple[str, np.ndarray]]:
+    """Other framings of the object in ``signed`` (above ``thr``) than ``frame``, the one
+    :func:`_crop` found (see :func:`preprocess_views`): (name, (28, 28) uint8) each; one that
+    comes out blank is left out."""
     out: list[tuple[str, np.ndarray]] = []
-    frame = _frame(signed, thr, lossy, name)
 
     def boxed(label: str, box: tuple[float, float, float, float]) -> None:
         with contextlib.suppress(InvalidImageError):
