@@ -64,6 +64,9 @@ SEARCH_TIMEOUT = 5.0  # seconds a search waits for all its shards before answeri
 HEALTH_TIMEOUT = 2.0  # seconds /api/health waits for each shard
 LOAD_TIMEOUT = 300.0  # seconds a shard may take to load (and verify) a version of its file
 DEPLOY_TIMEOUT = 300.0  # seconds the deployment may take to become ready
+# Seconds Ray Serve's proxy waits for any request before answering 408: a request caught in a
+# replica that dies can otherwise wait on Ray forever. A search takes milliseconds.
+REQUEST_TIMEOUT = 30.0
 KEPT_VERSIONS = 2  # versions a shard replica holds: the one served and the one coming in
 CONSTRUCTOR_RETRIES = 3  # an app replica that cannot load the index fails the deployment soon
 STATUS_EVERY = 2.0  # seconds between checks that the application still runs
@@ -526,7 +529,12 @@ def deploy(
     started_serve = not serve.status().proxies
     serve.start(
         proxy_location="HeadOnly",
-        http_options={"host": host, "port": port, "root_path": root_path},
+        http_options={
+            "host": host,
+            "port": port,
+            "root_path": root_path,
+            "request_timeout_s": REQUEST_TIMEOUT,
+        },
     )
     app = application(index_dir, manifest, replicas, options)
     failure: list[BaseException] = []
