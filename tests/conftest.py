@@ -3,7 +3,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
@@ -11,6 +11,10 @@ from PIL import Image
 
 from tests.fakedata import write_dataset
 
+if TYPE_CHECKING:
+    from simsearch.search_index import SearchIndex
+
+REPO = Path(__file__).parents[1]
 REAL_DATA = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -155,3 +159,57 @@ def ray_or_skip() -> Any:
 
         return ray
     return pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    """A local Ray cluster, one per test module that asks for it: a head and two worker nodes
+    (1 CPU each, small object stores)."""
+    ray = ray_or_skip()
+    from ray.cluster_utils import Cluster
+
+    # The nodes' workers import simsearch from this checkout, as the tests do.
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), saved]))
+    store = 128 * 1024 * 1024
+    try:
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={"num_cpus": 1, "object_store_memory": store},
+            connect=False,
+        )
+        for _ in range(2):
+            cluster.add_node(num_cpus=1, object_store_memory=store)
+        cluster.wait_for_nodes()
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def with_index_type(
+    index: SearchIndex, kind: str, params: dict[str, Any] | None = None, **more: Any
+) -> SearchIndex:
+    """A copy of the SearchIndex ``index`` (same encoder, vectors and items) whose vectors are
+    searched by a FAISS index of another ``kind`` (``params``: its defaults). ``more``: other
+    SearchIndex arguments (``searcher=`` for shards)."""
+    from simsearch import vector_index
+    from simsearch.search_index import SearchIndex
+
+    if params is None:
+        params = vector_index.default_params(kind, len(index))
+    return SearchIndex(
+        encoder=index.encoder,
+        encoder_file=index.encoder_file,
+        vectors=index.vectors,
+        ids=index.ids,
+        labels=index.labels,
+        sources=index.sources,
+        images=np.asarray(index.images),
+        manifest={**index.manifest, "index": {"type": kind, "params": params}},
+        **more,
+    )

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,34 +30,6 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).parents[1]
 CATALOG = 20_000  # items of the Fashion-MNIST train split embedded on the cluster
 HIDDEN = 2048  # the test encoder's width: about the work per image of the default model
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Any]:
-    """A head (1 CPU) and two worker nodes (1 CPU each), with small object stores."""
-    from ray.cluster_utils import Cluster
-
-    # The nodes' workers import simsearch from this checkout, as the tests do.
-    saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), saved]))
-    store = 128 * 1024 * 1024
-    try:
-        cluster = Cluster(
-            initialize_head=True,
-            head_node_args={"num_cpus": 1, "object_store_memory": store},
-            connect=False,
-        )
-        for _ in range(2):
-            cluster.add_node(num_cpus=1, object_store_memory=store)
-        cluster.wait_for_nodes()
-    finally:
-        if saved is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = saved
-    yield cluster
-    ray.shutdown()
-    cluster.shutdown()
 
 
 @pytest.fixture(scope="module")

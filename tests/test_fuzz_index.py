@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from simsearch import SearchIndex, storage
 from simsearch.cli import app
+from tests.conftest import with_index_type
 
 runner = CliRunner()
 ITEM = "fashion-mnist/train/00007"
@@ -26,18 +27,7 @@ def fuzz_index(tmp_path_factory: pytest.TempPathFactory, pca_index_dir: Path) ->
     every kind of file an index can hold."""
     work = tmp_path_factory.mktemp("fuzz")
     index = SearchIndex.load(pca_index_dir)
-    manifest = dict(index.manifest)
-    manifest["index"] = {"type": "hnsw", "params": {"M": 8, "efConstruction": 40, "efSearch": 32}}
-    hnsw = SearchIndex(
-        encoder=index.encoder,
-        encoder_file=index.encoder_file,
-        vectors=index.vectors,
-        ids=index.ids,
-        labels=index.labels,
-        sources=index.sources,
-        images=np.asarray(index.images),
-        manifest=manifest,
-    )
+    hnsw = with_index_type(index, "hnsw", {"M": 8, "efConstruction": 40, "efSearch": 32})
     for name, data in (("history.json", b'{"loss": [0.31, 0.22]}'), ("curve.png", b"\x89PNG..")):
         (work / name).write_bytes(data)
         hnsw.extra_files[name] = storage.Existing(work / name, storage.sha256_file(work / name))

@@ -36,7 +36,7 @@ from simsearch import SearchIndex, vector_index
 from simsearch.cli import app as cli_app
 from simsearch.ray_serve import REQUEST_TIMEOUT
 from simsearch.server import create_app
-from tests.conftest import ray_or_skip
+from tests.conftest import ray_or_skip, with_index_type
 
 ray = ray_or_skip()
 REPO = Path(__file__).parents[1]
@@ -53,34 +53,6 @@ PARAMS: list[dict[str, Any]] = [
 
 
 # ---------------------------------------------------------------------- fixtures and helpers
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Any]:
-    """A head and two worker nodes (1 CPU each)."""
-    from ray.cluster_utils import Cluster
-
-    # The nodes' workers import simsearch from this checkout, as the tests do.
-    saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), saved]))
-    store = 128 * 1024 * 1024
-    try:
-        cluster = Cluster(
-            initialize_head=True,
-            head_node_args={"num_cpus": 1, "object_store_memory": store},
-            connect=False,
-        )
-        for _ in range(2):
-            cluster.add_node(num_cpus=1, object_store_memory=store)
-        cluster.wait_for_nodes()
-    finally:
-        if saved is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = saved
-    yield cluster
-    ray.shutdown()
-    cluster.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -109,15 +81,10 @@ def sharded_copy(source: Path, target: Path, shards: int, kind: str = "hnsw") ->
     index = SearchIndex.load(source)
     params = vector_index.default_params(kind, len(index))
     sizes = vector_index.shard_sizes(len(index), shards)
-    copy = SearchIndex(
-        encoder=index.encoder,
-        encoder_file=index.encoder_file,
-        vectors=index.vectors,
-        ids=index.ids,
-        labels=index.labels,
-        sources=index.sources,
-        images=index.images,
-        manifest={**index.manifest, "index": {"type": kind, "params": params}},
+    copy = with_index_type(
+        index,
+        kind,
+        params,
         extra_files=index.extra_files,
         searcher=vector_index.build_shards(index.vectors, kind, params, sizes),
     )

@@ -14,8 +14,7 @@ from simsearch import vector_index
 from tests import test_ray_serve as base
 from tests.test_ray_serve import assert_same_answers, deployed, sharded_copy
 
-# The module-scoped fixtures, here for this module (a cluster of its own).
-cluster = base.cluster
+# The module-scoped fixtures, here for this module (and conftest's cluster: one of its own).
 port = base.port
 queries = base.queries
 

@@ -19,6 +19,7 @@ from simsearch.cli import app
 from simsearch.errors import ConfigError
 from simsearch.hit import many_objects, ranked_hits
 from simsearch.vector_index import FASTSCAN
+from tests.conftest import with_index_type
 from tests.fakedata import make_images
 
 
@@ -243,21 +244,6 @@ def real_catalog() -> tuple[SearchIndex, np.ndarray]:
     return index, load_split("test", data_dir).images[:700]
 
 
-def of_type(catalog: SearchIndex, kind: str) -> SearchIndex:
-    """The catalog as an index of another type, with its default settings."""
-    params = vector_index.default_params(kind, len(catalog))
-    return SearchIndex(
-        encoder=catalog.encoder,
-        encoder_file=catalog.encoder_file,
-        vectors=catalog.vectors,
-        ids=catalog.ids,
-        labels=catalog.labels,
-        sources=catalog.sources,
-        images=np.asarray(catalog.images),
-        manifest=catalog.manifest | {"index": {"type": kind, "params": params}},
-    )
-
-
 def plain_hits(index: SearchIndex, scores: np.ndarray, rows: np.ndarray) -> list[list[Hit]]:
     """Hits made one by one with ``Hit(...)`` from one query's search arrays."""
     out = []
@@ -290,7 +276,7 @@ def test_batches_answer_like_single_queries_on_real_images(
     """A batch is searched in chunks on threads, its queries regrouped by where they lead in the
     catalog, its Hits made column by column: the same answers as one query at a time, and the
     one-query HNSW search gives what FAISS's own search gives."""
-    index = of_type(real_catalog[0], kind)
+    index = with_index_type(real_catalog[0], kind)
     images = real_catalog[1]
     if removed:  # tombstones: FAISS positions mapped to catalog rows, removed ones skipped
         index.remove([str(i) for i in index.ids[::50]])
