@@ -341,7 +341,7 @@ def _mirror_classes() -> tuple[Any, Any]:
     @keras.saving.register_keras_serializable(package="simsearch")
     class WithMirrors(keras.layers.Layer):
         def call(self, x: Any) -> Any:
-            return ops.concatenate([x, ops.flip(x, axis=-1)], axis=0)
+            return ops.concatenate([x, x[:, :, ::-1]], axis=0)
 
     @keras.saving.register_keras_serializable(package="simsearch")
     class MeanOfHalves(keras.layers.Layer):
