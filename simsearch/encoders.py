@@ -133,7 +133,8 @@ def fit_pca(images: np.ndarray, dim: int, seed: int = 0) -> tuple[np.ndarray, np
 
 def normalize(codes: np.ndarray) -> np.ndarray:
     """(n, d) -> (n, d) float32 unit rows; an all-zero row stays zero (similarity 0 to all)."""
-    x = np.array(codes, dtype=np.float32, copy=True).reshape(len(codes), -1)
+    x = np.array(codes, dtype=np.float32, copy=True)
+    x = x.reshape(x.shape[0], int(np.prod(x.shape[1:])))  # (0, d) stays (0, d)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     np.divide(x, norms, out=x, where=norms > 1e-12)
     x[(norms <= 1e-12).ravel()] = 0.0

@@ -590,7 +590,8 @@ class SearchIndex:
     ) -> tuple[NDArray[np.str_], Floats]:
         """For pipelines: images, or (n, d) float vectors (normalised here), -> ``(ids,
         similarities)`` numpy arrays of shape (n, k'): ids as strings ("" where a query has
-        fewer results), similarities float32 (NaN there). Filters as in :meth:`query`."""
+        fewer results), similarities float32 rounded to 6 decimals as Hits are (an item matched
+        with itself: 1.0), NaN where there is no result. Filters as in :meth:`query`."""
         version = self._version
         data = images_or_vectors
         where = self._where(**filters)
@@ -605,7 +606,7 @@ class SearchIndex:
         else:
             pixels, owner = _to_views(data)
             scores, rows = self._viewed(version, pixels, owner, k, where)[:2]
-        return _ids_of(version, rows), scores
+        return _ids_of(version, rows), np.round(scores, 6)
 
     def ids_for(self, rows: np.ndarray) -> NDArray[np.str_]:
         """Catalog rows (any shape, as :meth:`search` returns them) -> ids; "" for -1."""
@@ -779,7 +780,9 @@ class SearchIndex:
             np.minimum(scores, ONE, out=scores)
             np.maximum(scores, -ONE, out=scores)
         if where.min_similarity is not None:
-            below = scores < where.min_similarity
+            # Judged as shown (6 decimals, see _hit_lists): an item matched with itself, 1.0
+            # shown, passes min_similarity=1.0 and max_distance=0.
+            below = np.round(scores.astype(np.float64), 6) < where.min_similarity
             scores[below], rows[below] = np.nan, -1
         return scores, rows
 

@@ -188,12 +188,22 @@ def test_batches_of_any_shape_and_empty_ones(index: SearchIndex, queries: np.nda
     assert index.query_batch(np.zeros((0, 28, 28), np.uint8)) == []
     ids, sims = index.search_arrays([], k=3)
     assert ids.shape == sims.shape == (0, 3)
+    ids, sims = index.search_arrays(np.zeros((0, index.dim), np.float32), k=3)
+    assert ids.shape == sims.shape == (0, 3)
 
 
 def test_an_item_matched_with_itself_is_exactly_one(index: SearchIndex) -> None:
     hit = index.query(np.asarray(index.images[17]), k=1)[0]
     assert hit.id == str(index.ids[17]) and hit.similarity == 1.0 and hit.distance == 0.0
     assert json.loads(json.dumps(hit.to_dict()))["similarity"] == 1.0
+    # As shown, so judged: 1.0 passes min_similarity=1.0 and distance 0 max_distance=0, also
+    # where float32 gives 0.9999999 (about a third of these items); the arrays say 1.0 too.
+    items = np.asarray(index.images[:60])
+    ids, sims = index.search_arrays(items, k=1)
+    assert ids[:, 0].tolist() == [str(i) for i in index.ids[:60]] and (sims == 1.0).all()
+    for threshold in ({"min_similarity": 1.0}, {"max_distance": 0.0}):
+        found = index.query_batch(items, k=3, **threshold)
+        assert [[h.id for h in hits] for hits in found] == [[str(i)] for i in index.ids[:60]]
 
 
 # ---------------------------------------------------------------------- shards
