@@ -37,6 +37,7 @@ METADATA_KEY = b"simsearch"
 COLUMNS = ("id", "label", "label_name", "source", "vector")  # and, optionally, "image"
 IMAGE_BYTES = 28 * 28
 EXPORT_ROWS = 65_536  # rows per row group written by export (bounds its memory)
+UNIT_TOLERANCE = 1e-3  # a vector's length may differ from 1 by this much (float rounding)
 
 
 @dataclass
@@ -257,10 +258,28 @@ def _embeddings(
     vectors = np.concatenate([v.reshape(-1, found) for v in parts])
     if not np.isfinite(vectors).all():
         raise ConfigError(f"{files[0]}: vectors with NaN or infinity")
-    ids = np.asarray([i for t in tables for i in t.column("id").to_pylist()], dtype=str)
+    # The index is a cosine index over unit vectors (what embed and export write): another
+    # length would rank that item above identical ones.
+    lengths = np.linalg.norm(vectors.astype(np.float64), axis=1)
+    off = np.flatnonzero(np.abs(lengths - 1.0) > UNIT_TOLERANCE)
+    if len(off):
+        raise ConfigError(
+            f"{files[0]}: vectors must be L2-normalised (length 1); row {off[0]} has length "
+            f"{lengths[off[0]]:.4g} ({len(off)} such rows)"
+        )
+    raw_ids = [i for t in tables for i in t.column("id").to_pylist()]
+    if any(i is None or i == "" for i in raw_ids):
+        raise ConfigError(f"{files[0]}: rows without an id")
+    ids = np.asarray(raw_ids, dtype=str)
     if len(np.unique(ids)) != len(ids):
         raise ConfigError(f"{files[0]}: the same id appears twice")
-    labels = np.concatenate([_labels(t, label_names) for t in tables]).astype(np.int16)
+    labels = np.concatenate([_labels(t, label_names) for t in tables])
+    named = len(label_names) or None  # with names, every label must have one
+    bad = np.flatnonzero((labels < -1) | (labels >= (named or np.iinfo(np.int16).max)))
+    if len(bad):
+        have = f"the file names {named} labels" if named else "labels are -1 or more"
+        raise ConfigError(f"{files[0]}: label {labels[bad[0]]} of row {bad[0]} ({have})")
+    labels = labels.astype(np.int16)
     sources = np.asarray([s or "" for t in tables for s in _column(t, "source")], dtype=str)
     images = None
     if all("image" in t.column_names for t in tables):
@@ -298,7 +317,7 @@ def _labels(t: Any, label_names: list[str]) -> np.ndarray:
     """Label ids; where a file has only names, ids are assigned in order of first sight."""
     ids = _column(t, "label")
     names = _column(t, "label_name")
-    out = np.full(t.num_rows, -1, np.int16)
+    out = np.full(t.num_rows, -1, np.int64)
     for i, (label, name) in enumerate(zip(ids, names, strict=True)):
         if name is not None:
             if name not in label_names:

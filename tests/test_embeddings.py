@@ -138,6 +138,31 @@ def test_an_export_from_another_model_is_refused(
                pca_index_dir, "--index-dir", target)  # fmt: skip
     one_line_error(dims)
     assert "8-d" in dims.stderr and "16-d" in dims.stderr
+    # Rows an index cannot hold: a vector of another length than 1 (it would outrank identical
+    # items), a zero vector, an item without an id, a label without a name.
+    unit = np.eye(3, 16, dtype=np.float32)
+    names = meta["label_names"]
+    for ids, labels, vectors, said in (
+        (["a", "b", "c"], [0, 1, 2], unit * [[1.0], [10.0], [1.0]], "length 10"),
+        (["a", "b", "c"], [0, 1, 2], unit * [[1.0], [1.0], [0.0]], "length 0"),
+        (["a", None, "c"], [0, 1, 2], unit, "without an id"),
+        (["a", "", "c"], [0, 1, 2], unit, "without an id"),
+        (["a", "b", "c"], [0, len(names), 2], unit, f"label {len(names)}"),
+        (["a", "b", "c"], [0, -7, 2], unit, "label -7"),
+    ):
+        flat = pa.array(np.asarray(vectors, np.float32).reshape(-1))
+        rows = pa.table(
+            {
+                "id": pa.array(ids, pa.string()),
+                "label": pa.array(labels, pa.int16()),
+                "vector": pa.FixedSizeListArray.from_arrays(flat, 16),
+            }
+        ).replace_schema_metadata({b"simsearch": json.dumps(meta)})
+        pq.write_table(rows, tmp_path / "bad.parquet")
+        bad = cli("build-index", "--from-embeddings", tmp_path / "bad.parquet", "--model-from",
+                  pca_index_dir, "--index-dir", target)  # fmt: skip
+        one_line_error(bad)
+        assert said in bad.stderr, bad.stderr
     assert not target.exists()  # nothing written by any of them
 
 
