@@ -21,8 +21,9 @@ white, JPEG, off centre) precisely enough that the item finds itself again:
   at 254 or 255).
 
 A query searches a photo in several framings of the object found (:func:`preprocess_views`):
-shifted by half a pixel, a little smaller and larger, turned by a few degrees, with the faint
-part of its base cut away; each catalog item is judged by the view that matches it best.
+shifted by half a pixel and by one, a little smaller and larger, turned by a few degrees, with
+the faint part of its base cut away; each catalog item is judged by the view that matches it
+best.
 
 Large images are box-reduced to about 512 px a strip at a time, before any float work and in
 their own mode (16-bit, float, palette, CMYK, ...), so a call needs little memory beyond the
@@ -140,7 +141,7 @@ _TILT_MIN = 1.0  # smaller tilts are left alone ...
 _TILT_GAIN = 1.45
 # Other framings of a photo's object, searched alongside (see preprocess_views):
 _VIEW_SHIFTS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
-_VIEW_SHIFT = 0.5  # output pixels, in those directions
+_VIEW_SHIFT_STEPS = (0.5, 1.0)  # output pixels, in those directions
 _VIEW_SCALE = 0.04  # the box this share smaller and larger
 _VIEW_TURNS = (1.5, 3.0, 4.5)  # degrees, either way (under _TILT_MIN or _TILT_GAIN's test)
 _VIEW_CUTS = (0.2, 0.3, 0.4, 0.5, 0.65)  # the bottom band without what is fainter than this
@@ -648,12 +649,13 @@ def preprocess_views(source: ImageInput, explain: bool = False) -> Views:
 
     A photographed object is never framed exactly as its catalog item is: a tilt too small to
     correct with confidence, an edge half a pixel off, a floor shadow joined to its base. The
-    other views are the object shifted by half an output pixel (8 directions), 4 % smaller and
-    larger, turned by 1.5, 3 and 4.5 degrees either way, and with the faint part of its
-    bottom band cut away at a few levels (where a floor shadow lies). A query searches with
-    every view and keeps each catalog item's best similarity: the framing that matches an item
-    best is the one it is judged by. A 28x28 input has one view (itself, as :func:`preprocess`
-    gives it). With ``explain``, ``steps`` says what preprocessing found (None for 28x28).
+    other views are the object shifted by half an output pixel and by one (8 directions each),
+    4 % smaller and larger, turned by 1.5, 3 and 4.5 degrees either way, and with the faint part
+    of its bottom band cut away at a few levels (where a floor shadow lies). A query searches
+    with every view and keeps each catalog item's best similarity: the framing that matches an
+    item best is the one it is judged by. A 28x28 input has one view (itself, as
+    :func:`preprocess` gives it). With ``explain``, ``steps`` says what preprocessing found
+    (None for 28x28).
 
     Raises:
         InvalidImageError: as :func:`preprocess`.
@@ -1295,10 +1297,13 @@ def _views(
 
     x0, y0, x1, y1 = frame.box
     unit = max(x1 - x0, y1 - y0) / SIZE  # input px per output px
-    for dx, dy in _VIEW_SHIFTS:
-        sx, sy = dx * _VIEW_SHIFT * unit, dy * _VIEW_SHIFT * unit
-        label = f"shifted {dx * _VIEW_SHIFT:+.1f}, {dy * _VIEW_SHIFT:+.1f} px"
-        boxed(label, (x0 + sx, y0 + sy, x1 + sx, y1 + sy))
+    for step in _VIEW_SHIFT_STEPS:
+        for dx, dy in _VIEW_SHIFTS:
+            sx, sy = dx * step * unit, dy * step * unit
+            boxed(
+                f"shifted {dx * step:+.1f}, {dy * step:+.1f} px",
+                (x0 + sx, y0 + sy, x1 + sx, y1 + sy),
+            )
     for grow in (-_VIEW_SCALE, _VIEW_SCALE):
         gx, gy = grow * (x1 - x0) / 2, grow * (y1 - y0) / 2
         boxed(f"{1 + grow:.0%} of its size", (x0 - gx, y0 - gy, x1 + gx, y1 + gy))
