@@ -274,10 +274,11 @@ def _embeddings(
     if len(np.unique(ids)) != len(ids):
         raise ConfigError(f"{files[0]}: the same id appears twice")
     labels = np.concatenate([_labels(t, label_names) for t in tables])
-    named = len(label_names) or None  # with names, every label must have one
-    bad = np.flatnonzero((labels < -1) | (labels >= (named or np.iinfo(np.int16).max)))
+    # With names, every label must have one; without, a label must fit the index's int16.
+    end = len(label_names) or int(np.iinfo(np.int16).max) + 1
+    bad = np.flatnonzero((labels < -1) | (labels >= end))
     if len(bad):
-        have = f"the file names {named} labels" if named else "labels are -1 or more"
+        have = f"the file names {len(label_names)} labels" if label_names else f"-1 to {end - 1}"
         raise ConfigError(f"{files[0]}: label {labels[bad[0]]} of row {bad[0]} ({have})")
     labels = labels.astype(np.int16)
     sources = np.asarray([s or "" for t in tables for s in _column(t, "source")], dtype=str)
