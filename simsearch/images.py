@@ -22,8 +22,8 @@ white, JPEG, off centre) precisely enough that the item finds itself again:
 
 A query searches a photo in several framings of the object found (:func:`preprocess_views`):
 shifted by half a pixel and by one, a little smaller and larger, turned by a few degrees, with
-the faint part of its base cut away; each catalog item is judged by the view that matches it
-best.
+the faint part of its base cut away, with faint parts lifted; each catalog item is judged by the
+view that matches it best.
 
 Large images are box-reduced to about 512 px a strip at a time, before any float work and in
 their own mode (16-bit, float, palette, CMYK, ...), so a call needs little memory beyond the
@@ -142,6 +142,11 @@ _TILT_GAIN = 1.45
 # Other framings of a photo's object, searched alongside (see preprocess_views):
 _VIEW_SHIFTS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 _VIEW_SHIFT_STEPS = (0.5, 1.0)  # output pixels, in those directions
+# The as-found view and its half-pixel shifts again with faint parts lifted (intensity ** this):
+# a camera's tone curve and a small item's few pixels weaken faint parts (a dim sole) that the
+# catalog image keeps.
+_VIEW_LIFT = 0.7
+_LIFT_TABLE = np.rint(255.0 * (np.arange(256) / 255.0) ** _VIEW_LIFT).astype(np.uint8)
 _VIEW_SCALE = 0.04  # the box this share smaller and larger
 _VIEW_TURNS = (1.5, 3.0, 4.5)  # degrees, either way (under _TILT_MIN or _TILT_GAIN's test)
 _VIEW_CUTS = (0.2, 0.3, 0.4, 0.5, 0.65)  # the bottom band without what is fainter than this
@@ -650,12 +655,13 @@ def preprocess_views(source: ImageInput, explain: bool = False) -> Views:
     A photographed object is never framed exactly as its catalog item is: a tilt too small to
     correct with confidence, an edge half a pixel off, a floor shadow joined to its base. The
     other views are the object shifted by half an output pixel and by one (8 directions each),
-    4 % smaller and larger, turned by 1.5, 3 and 4.5 degrees either way, and with the faint part
-    of its bottom band cut away at a few levels (where a floor shadow lies). A query searches
-    with every view and keeps each catalog item's best similarity: the framing that matches an
-    item best is the one it is judged by. A 28x28 input has one view (itself, as
-    :func:`preprocess` gives it). With ``explain``, ``steps`` says what preprocessing found
-    (None for 28x28).
+    4 % smaller and larger, turned by 1.5, 3 and 4.5 degrees either way, with the faint part
+    of its bottom band cut away at a few levels (where a floor shadow lies), and the as-found
+    and half-pixel views with faint parts lifted (a camera's tone curve or a small item's few
+    pixels weaken a dim sole the catalog image keeps). A query searches with every view and
+    keeps each catalog item's best similarity: the framing that matches an item best is the one
+    it is judged by. A 28x28 input has one view (itself, as :func:`preprocess` gives it). With
+    ``explain``, ``steps`` says what preprocessing found (None for 28x28).
 
     Raises:
         InvalidImageError: as :func:`preprocess`.
@@ -719,7 +725,7 @@ def _preprocess(
     if record is not None:
         record.append(_steps(scene, tilt, to_analysis, crop, pixels))
     if others is not None:
-        others.extend(_views(signed, thr, frame, lossy, name))
+        others.extend(_views(signed, thr, frame, lossy, name, pixels))
     return pixels
 
 
@@ -1280,11 +1286,11 @@ def _resample(frame: _Frame, box: tuple[float, float, float, float], name: str) 
 
 
 def _views(
-    signed: np.ndarray, thr: float, frame: _Frame, lossy: bool, name: str
+    signed: np.ndarray, thr: float, frame: _Frame, lossy: bool, name: str, pixels: np.ndarray
 ) -> list[tuple[str, np.ndarray]]:
     """Other framings of the object in ``signed`` (above ``thr``) than ``frame``, the one
-    :func:`_crop` found (see :func:`preprocess_views`): (name, (28, 28) uint8) each; one that
-    comes out blank is left out."""
+    :func:`_crop` found and ``pixels`` its view (see :func:`preprocess_views`): (name, (28, 28)
+    uint8) each; one that comes out blank is left out."""
     out: list[tuple[str, np.ndarray]] = []
 
     def boxed(label: str, box: tuple[float, float, float, float]) -> None:
@@ -1304,6 +1310,8 @@ def _views(
                 f"shifted {dx * step:+.1f}, {dy * step:+.1f} px",
                 (x0 + sx, y0 + sy, x1 + sx, y1 + sy),
             )
+        if step == _VIEW_SHIFT_STEPS[0]:  # the nearest framings, lifted below
+            nearest = [(AS_FOUND, pixels), *out]
     for grow in (-_VIEW_SCALE, _VIEW_SCALE):
         gx, gy = grow * (x1 - x0) / 2, grow * (y1 - y0) / 2
         boxed(f"{1 + grow:.0%} of its size", (x0 - gx, y0 - gy, x1 + gx, y1 + gy))
@@ -1317,6 +1325,8 @@ def _views(
         for share in _VIEW_TURNED_CUTS.get(abs(degrees), ()):
             label = f"turned {degrees:+.1f} deg, faint base under {share:.0%} cut"
             cropped(label, _cut_base(turned, thr, share, _VIEW_BAND))
+    for label, view in nearest:
+        out.append((f"{label}, faint parts lifted", _LIFT_TABLE[view]))
     return out
 
 

@@ -44,6 +44,28 @@ def test_views_find_items_the_first_framing_misses(
     assert fused >= max(first, 0.85), f"{condition}: first framing {first:.2f}, views {fused:.2f}"
 
 
+def test_a_lifted_view_restores_faint_parts_a_tone_curve_weakened(
+    catalog: np.ndarray,  # noqa: F811
+) -> None:
+    """Photographed through a tone curve that darkens less where the item is faint (intensity
+    ** 1.5: a dim sole, a thin strap fade), the as-found view loses those parts; its lifted view
+    is nearer the catalog item."""
+    rng = np.random.default_rng(11)
+    rows = list(range(3, 1000, 1000 // QUERIES))
+    toned = [np.rint(255.0 * (catalog[r] / 255.0) ** 1.5).astype(np.uint8) for r in rows]
+    nearer = []
+    for row, item in zip(rows, toned, strict=True):
+        views = preprocess_views(_photo(item, rng))
+        lifted = views.names.index(f"{AS_FOUND}, faint parts lifted")
+        target = catalog[row].ravel().astype(np.float64)
+        cosine = [
+            float(v @ target / (np.linalg.norm(v) * np.linalg.norm(target)))
+            for v in views.pixels[[0, lifted]].reshape(2, -1).astype(np.float64)
+        ]
+        nearer.append(cosine[1] > cosine[0])
+    assert np.mean(nearer) >= 0.8, np.mean(nearer)
+
+
 def test_views_of_a_photo_and_of_a_catalog_item(catalog: np.ndarray) -> None:  # noqa: F811
     photo = _photo(catalog[10], np.random.default_rng(1), shadow=0.3)
     views = preprocess_views(photo)
