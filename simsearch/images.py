@@ -22,8 +22,8 @@ white, JPEG, off centre) precisely enough that the item finds itself again:
 
 A query searches a photo in several framings of the object found (:func:`preprocess_views`):
 shifted by half a pixel and by one, a little smaller and larger, turned by a few degrees, with
-the faint part of its base cut away, with faint parts lifted; each catalog item is judged by the
-view that matches it best.
+the faint part of its base cut away or its base trimmed to the width above it, with faint parts
+lifted; each catalog item is judged by the view that matches it best.
 
 Large images are box-reduced to about 512 px a strip at a time, before any float work and in
 their own mode (16-bit, float, palette, CMYK, ...), so a call needs little memory beyond the
@@ -153,6 +153,12 @@ _VIEW_CUTS = (0.2, 0.3, 0.4, 0.5, 0.65)  # the bottom band without what is faint
 _VIEW_TURNED_CUTS = {3.0: (0.3, 0.5)}  # share of the object's level; turned ones too
 _VIEW_BANDS = (0.25, 0.4, 0.55)  # the band: this share of the object's height
 _VIEW_BAND = 0.4  # ... for the turned ones
+# A floor shadow cast sideways at the base is as dark as a dim object: cut what lies, in the
+# object's bottom _VIEW_TRIM_BAND of its height, beside its width in the _VIEW_TRIM_ABOVE of its
+# height just above that band (with a margin of this share of the map's width).
+_VIEW_TRIM_BAND = 0.55
+_VIEW_TRIM_ABOVE = 0.15
+_VIEW_TRIM_MARGIN = 0.02
 
 
 @dataclass(frozen=True)
@@ -656,12 +662,13 @@ def preprocess_views(source: ImageInput, explain: bool = False) -> Views:
     correct with confidence, an edge half a pixel off, a floor shadow joined to its base. The
     other views are the object shifted by half an output pixel and by one (8 directions each),
     4 % smaller and larger, turned by 1.5, 3 and 4.5 degrees either way, with the faint part
-    of its bottom band cut away at a few levels (where a floor shadow lies), and the as-found
-    and half-pixel views with faint parts lifted (a camera's tone curve or a small item's few
-    pixels weaken a dim sole the catalog image keeps). A query searches with every view and
-    keeps each catalog item's best similarity: the framing that matches an item best is the one
-    it is judged by. A 28x28 input has one view (itself, as :func:`preprocess` gives it). With
-    ``explain``, ``steps`` says what preprocessing found (None for 28x28).
+    of its bottom band cut away at a few levels (where a floor shadow lies), with its base
+    trimmed to the width above it (a shadow cast beside it), and the as-found and half-pixel
+    views with faint parts lifted (a camera's tone curve or a small item's few pixels weaken a
+    dim sole the catalog image keeps). A query searches with every view and keeps each catalog
+    item's best similarity: the framing that matches an item best is the one it is judged by.
+    A 28x28 input has one view (itself, as :func:`preprocess` gives it). With ``explain``,
+    ``steps`` says what preprocessing found (None for 28x28).
 
     Raises:
         InvalidImageError: as :func:`preprocess`.
@@ -1319,6 +1326,8 @@ def _views(
         for share in _VIEW_CUTS:
             label = f"faint base under {share:.0%} cut (lowest {band:.0%})"
             cropped(label, _cut_base(signed, thr, share, band))
+    label = f"base trimmed to the width above it (lowest {_VIEW_TRIM_BAND:.0%})"
+    cropped(label, _trim_base(signed, thr))
     for degrees in (d * sign for d in _VIEW_TURNS for sign in (-1.0, 1.0)):
         turned = _turn(signed, degrees)
         cropped(f"turned {degrees:+.1f} deg", turned)
@@ -1348,6 +1357,26 @@ def _cut_base(signed: np.ndarray, thr: float, share: float, band: float) -> np.n
     out = np.array(signed, np.float32)
     low = out[top:]
     low[low < share * level] = 0.0
+    return out
+
+
+def _trim_base(signed: np.ndarray, thr: float) -> np.ndarray:
+    """``signed`` without what lies, in the object's bottom band, beside the object's width
+    just above that band (see _VIEW_TRIM_BAND): a floor shadow cast sideways at its base."""
+    mask = signed > thr
+    rows = np.flatnonzero(mask.any(axis=1))
+    if not len(rows):
+        return signed
+    height = rows[-1] - rows[0]
+    top = int(rows[0] + (1.0 - _VIEW_TRIM_BAND) * height)
+    above = mask[max(rows[0], top - max(2, int(_VIEW_TRIM_ABOVE * height))) : top]
+    cols = np.flatnonzero(above.any(axis=0))
+    if not len(cols):
+        return signed
+    margin = max(1, int(_VIEW_TRIM_MARGIN * signed.shape[1]))
+    out = np.array(signed, np.float32)
+    out[top:, : max(int(cols[0]) - margin, 0)] = 0.0
+    out[top:, int(cols[-1]) + margin + 1 :] = 0.0
     return out
 
 

@@ -3,10 +3,12 @@ judged by the view that matches it best (SearchIndex._fuse)."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image, ImageDraw, ImageFilter
 
 from simsearch import SearchIndex
 from simsearch.images import AS_FOUND, preprocess, preprocess_views
@@ -64,6 +66,46 @@ def test_a_lifted_view_restores_faint_parts_a_tone_curve_weakened(
         ]
         nearer.append(cosine[1] > cosine[0])
     assert np.mean(nearer) >= 0.8, np.mean(nearer)
+
+
+def _beside_shadow_photo(item: np.ndarray, rng: np.random.Generator) -> bytes:
+    """A dim item (darkness up to 0.45) ~220 px tall on white, with a soft floor shadow as dark
+    as the item cast beside its base, to the left or the right (JPEG 88)."""
+    up = Image.fromarray(item, "L").resize((220, 220), Image.Resampling.BICUBIC)
+    darkness = np.zeros((320, 420), np.float32)
+    darkness[40:260, 100:320] = 0.45 * np.asarray(up, np.float32) / 255.0
+    rows = np.flatnonzero(darkness.max(axis=1) > 0.02)
+    cols = np.flatnonzero(darkness.max(axis=0) > 0.02)
+    side = cols[0] if rng.random() < 0.5 else cols[-1]
+    base, reach = rows[-1], (rows[-1] - rows[0]) * 0.3
+    ellipse = Image.new("L", (420, 320), 0)
+    ImageDraw.Draw(ellipse).ellipse((side - 45, base - reach, side + 45, base + 6), fill=255)
+    cast = 0.35 * np.asarray(ellipse.filter(ImageFilter.GaussianBlur(4)), np.float32) / 255.0
+    reflectance = (1.0 - darkness) * (1.0 - cast * (darkness < 0.02))
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(np.rint(reflectance * 255.0), 0, 255).astype(np.uint8)).convert(
+        "RGB"
+    ).save(buffer, format="JPEG", quality=88)
+    return buffer.getvalue()
+
+
+def test_a_trimmed_view_leaves_out_a_shadow_beside_the_base(
+    catalog: np.ndarray,  # noqa: F811
+) -> None:
+    """A floor shadow as dark as a dim item, cast beside its base, joins the item in the
+    as-found view; the view with the base trimmed to the width above it leaves it out."""
+    rng = np.random.default_rng(5)
+    nearer = []
+    for row in range(3, 1000, 1000 // QUERIES):
+        views = preprocess_views(_beside_shadow_photo(catalog[row], rng))
+        trimmed = next(i for i, n in enumerate(views.names) if n.startswith("base trimmed"))
+        target = catalog[row].ravel().astype(np.float64)
+        cosine = [
+            float(v @ target / (np.linalg.norm(v) * np.linalg.norm(target)))
+            for v in views.pixels[[0, trimmed]].reshape(2, -1).astype(np.float64)
+        ]
+        nearer.append(cosine[1] > cosine[0] + 0.01)
+    assert np.mean(nearer) >= 0.75, np.mean(nearer)
 
 
 def test_views_of_a_photo_and_of_a_catalog_item(catalog: np.ndarray) -> None:  # noqa: F811
