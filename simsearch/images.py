@@ -822,6 +822,12 @@ def _grid_surface(coef: np.ndarray, h: int, w: int) -> np.ndarray:
     return _surface(coef, np.arange(h), np.arange(w), (h, w))
 
 
+def _luma_coef(coef: np.ndarray) -> np.ndarray:
+    """(6, 1): the surface ``coef`` (6, C) of the luma (the terms are linear in ``coef``: one
+    surface instead of C and a (h, w, C) product)."""
+    return coef @ _weights(coef.shape[1])[:, None]
+
+
 def _mad_sigma(values: np.ndarray) -> float:
     """Robust standard deviation (1.4826 median absolute deviation) of at most _MAD_POINTS
     evenly spaced ``values``."""
@@ -888,7 +894,7 @@ def _fit_background(
         else:
             coef = np.zeros((6, c), np.float32)
             coef[0] = const
-        resid = luma.ravel() - (_grid_surface(coef, h, w) @ _weights(c)).ravel()
+        resid = luma.ravel() - _grid_surface(_luma_coef(coef), h, w).ravel()
         if not dark_object:
             resid = -resid
         sigma = max(_mad_sigma(resid[idx]), 0.5)
@@ -917,8 +923,7 @@ def _analyse(image: np.ndarray, lossy: bool) -> _Scene | None:
     ring = _ring(ah, aw)
     exact = None if lossy else _exact_background(image, luma, ring)
     coef, dark_object, is_bg = exact or _fit_background(image, luma, ring)
-    background = _grid_surface(coef, ah, aw)
-    bg_luma = background @ _weights(c)
+    bg_luma = _grid_surface(_luma_coef(coef), ah, aw)[:, :, 0]
     darkness = _darkness(luma, bg_luma, dark_object)
     smooth = _box_blur3(darkness)
     noise = _mad_sigma(darkness[is_bg])
@@ -929,22 +934,25 @@ def _analyse(image: np.ndarray, lossy: bool) -> _Scene | None:
     mask = _object_mask(np.abs(smooth), low, 2.0 * low)
     if mask is None:
         return None
-    shade = _shade(smooth, mask, low, background) if dark_object else 1.0
+    shade = _shade(smooth, mask, low, coef, bg_luma) if dark_object else 1.0
     return _Scene(image, luma, coef, dark_object, darkness, noise, mask, shade)
 
 
-def _shade(smooth: np.ndarray, mask: np.ndarray, low: float, background: np.ndarray) -> float:
+def _shade(
+    smooth: np.ndarray, mask: np.ndarray, low: float, coef: np.ndarray, bg_luma: np.ndarray
+) -> float:
     """The background's reflectance as a share of white, or 1 when it looks white.
 
     A product photo's object is measured against white: its darkness is 1 - reflectance.
     A neutral background is taken as white (a white sheet, however it is lit or exposed) unless
     part of the object is clearly lighter than it; a tinted one (cream, beige) is a coloured
     surface. Then its reflectance is its level where it is lit most, as a share of 255 (a photo
-    exposed for white). ``background``: (h, w, C) levels of the fitted background.
+    exposed for white). ``coef``: the fitted background (see :func:`_surface`), ``bg_luma``
+    its (h, w) luma.
     """
-    flat = background.reshape(-1, background.shape[2])
-    brightest = flat[int(np.argmax(flat @ _weights(flat.shape[1])))]
-    level = float(brightest @ _weights(len(brightest)))
+    y, x = np.unravel_index(int(np.argmax(bg_luma)), bg_luma.shape)
+    brightest = _surface(coef, np.array([y]), np.array([x]), bg_luma.shape)[0, 0]
+    level = float(bg_luma[y, x])
     tint = float((brightest.max() - brightest.min()) / max(float(brightest.max()), 1.0))
     lighter = -smooth[mask]  # relative levels: 255 (luma - background) / background
     lighter_parts = lighter.size >= 16 and np.mean(lighter > 2.0 * low) >= _LIGHTER_SHARE
@@ -1088,9 +1096,7 @@ def _object_map(
     # the background surface at these pixels' centres, as analysis image pixel indices
     ys = origin[1] + (np.arange(h) + 0.5) * scale - 0.5
     xs = origin[0] + (np.arange(w) + 0.5) * scale - 0.5
-    bg_luma = _surface(
-        scene.coef @ _weights(scene.coef.shape[1])[:, None], ys, xs, scene.mask.shape
-    )[:, :, 0]
+    bg_luma = _surface(_luma_coef(scene.coef), ys, xs, scene.mask.shape)[:, :, 0]
     signed = _darkness(luma, bg_luma, scene.dark_object)
     rows = np.flatnonzero(scene.mask.any(axis=1))
     cols = np.flatnonzero(scene.mask.any(axis=0))
