@@ -184,22 +184,31 @@ def render_photo(item: np.ndarray, p: Scene, rng: np.random.Generator) -> bytes:
     if p.get("shadow"):  # soft cast shadow of the item on the floor behind/under it
         from scipy.ndimage import map_coordinates
 
-        strength, blur, squash, dx, dy = p["shadow"]
+        strength, blur, squash, dx, dy, *slant = p["shadow"]
+        shear = slant[0] if slant else 0.0
         sil = np.minimum(1.0, full / _COVER)
         base_row = y0 + ih - 1
         nz = np.flatnonzero(sil.any(axis=1))
         if len(nz):
             base_row = int(nz[-1])
-        # the silhouette flattened onto its base line (a light high in front of the item)
+        # the silhouette flattened onto its base line (a light high in front of the item), and
+        # slanted sideways the higher it reaches (a light to one side)
         yy = np.arange(H, dtype=np.float32)
-        src = base_row - (base_row - (yy - dy)) / max(squash, 1e-3)
+        rise = base_row - (yy - dy)
+        src = base_row - rise / max(squash, 1e-3)
         gy, gx = np.meshgrid(src, np.arange(W, dtype=np.float32) - dx, indexing="ij")
+        gx = gx - shear * rise[:, None]
         cast = map_coordinates(sil, [gy, gx], order=1, mode="constant", cval=0.0)
         cast = np.clip(_gauss(cast.astype(np.float32), blur), 0.0, 1.0)
         refl_bg = refl_bg * (1.0 - strength * cast)[:, :, None]
     if p.get("clutter"):
         refl_bg = _clutter(refl_bg, full > 0.02, p["clutter"], rng)
     scene = alpha * item_refl + (1.0 - alpha) * refl_bg
+    if p.get("through"):  # a thin fabric: its faint parts let the floor (and a shadow) through
+        scene = (
+            full[:, :, None] * (1.0 - np.asarray(p.get("ink", (1.0, 1.0, 1.0))))
+            + (1.0 - full[:, :, None]) * refl_bg
+        )
 
     yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
     light = np.ones((H, W), np.float32) * p.get("exposure", 1.0)
@@ -269,6 +278,17 @@ def _shadow(rng: np.random.Generator, lo: float = 0.15, hi: float = 0.45) -> tup
     )
 
 
+def _cast_shadow(rng: np.random.Generator) -> tuple:
+    """(strength, blur px, squash, dx, dy, shear): the shadow of a lamp beside the item, either
+    its whole outline moved sideways and down, or flattened behind it and slanted."""
+    strength, blur = float(rng.uniform(0.15, 0.4)), float(rng.uniform(4.0, 12.0))
+    if rng.random() < 0.5:
+        side = float(rng.choice([-1.0, 1.0]))
+        return strength, blur, 1.0, side * float(rng.uniform(8, 25)), float(rng.uniform(6, 22)), 0.0
+    shear = _signed(rng, 0.4, 1.2)
+    return strength, blur, float(rng.uniform(0.3, 0.7)), 0.0, float(rng.uniform(0, 4)), shear
+
+
 def _gradient(rng: np.random.Generator) -> tuple:
     return (float(rng.uniform(0.12, 0.35)), float(rng.uniform(0, 2 * np.pi)))
 
@@ -334,6 +354,12 @@ SCENES: dict[str, tuple[str, Callable[[np.random.Generator], Scene]]] = {
     "photo_floor_shadow": (
         "+ a soft floor shadow (15-45 % darker, blur 4-14 px) under and beside the item",
         _with(shadow=_shadow),
+    ),
+    "photo_cast_shadow": (
+        "+ a lamp's shadow: the outline moved 8-25 px sideways and 6-22 px down, or flattened "
+        "behind the item to 30-70 % and slanted (shear 0.4-1.2); 15-40 % darker, blur 4-12 px; "
+        "in half of them the item's faint parts let it through",
+        _with(shadow=_cast_shadow, through=lambda r: bool(r.random() < 0.5)),
     ),
     "photo_tilt_3": ("+ tilted 1-3 degrees", _with(tilt=lambda r: _signed(r, 1.0, 3.0))),
     "photo_tilt_6": ("+ tilted 4-6 degrees", _with(tilt=lambda r: _signed(r, 4.0, 6.0))),

@@ -159,6 +159,21 @@ _VIEW_BAND = 0.4  # ... for the turned ones
 _VIEW_TRIM_BAND = 0.55
 _VIEW_TRIM_ABOVE = 0.15
 _VIEW_TRIM_MARGIN = 0.02
+# A shadow cast beside the object (a lamp to one side) rings its body with a faint band: the
+# object without what, outside its body (darker than this share of its level, holes filled), is
+# fainter than that share.
+_VIEW_BODY = (0.3, 0.45)
+# A cast shadow is a blurred silhouette: the faint part of the object that is reached from
+# outside it without crossing texture (local mean deviation at the scale of an item pixel below
+# _RIM_FLAT of the object's level, within a window of _RIM_WINDOW item pixels), fainter than
+# _RIM_FAINT of that level and than _RIM_LIGHT (a shadow darkens the floor by at most about
+# half) is cut in one view and, when it covers _RIM_AREA item pixels or more, also continued
+# under the object and divided out (where the object's faint parts let it show through).
+_RIM_FLAT = 0.03
+_RIM_WINDOW = 2.0
+_RIM_FAINT = 0.7
+_RIM_LIGHT = 0.55 * 255.0
+_RIM_AREA = 4.0
 
 
 @dataclass(frozen=True)
@@ -559,6 +574,18 @@ def _light_cutout(luma: np.ndarray, opaque: np.ndarray) -> bool:
         if abs(diff) >= _RIM_CONTRAST:
             return diff > 0
     return float(luma[opaque].mean()) >= 127.5
+
+
+def _box(a: np.ndarray, size: float) -> np.ndarray:
+    """Mean over a square window of ``size`` px (rounded up to odd), edges padded: (H, W) ->
+    (H, W) float32; by running sums, so its cost does not grow with the window."""
+    k = max(1, round(size)) | 1
+    r = k // 2
+    c = np.pad(a.astype(np.float64), r, mode="edge").cumsum(axis=0)
+    c = np.concatenate([np.zeros((1, c.shape[1])), c], axis=0)
+    c = (c[k:] - c[:-k]).cumsum(axis=1)
+    c = np.concatenate([np.zeros((c.shape[0], 1)), c], axis=1)
+    return ((c[:, k:] - c[:, :-k]) / (k * k)).astype(np.float32)
 
 
 def _box_blur3(a: np.ndarray) -> np.ndarray:
@@ -1334,6 +1361,8 @@ def _views(
             cropped(label, _cut_base(signed, thr, share, band))
     label = f"base trimmed to the width above it (lowest {_VIEW_TRIM_BAND:.0%})"
     cropped(label, _trim_base(signed, thr))
+    for label, object_map in _shadowless_maps(signed, thr, unit):
+        cropped(label, object_map)
     for degrees in (d * sign for d in _VIEW_TURNS for sign in (-1.0, 1.0)):
         turned = _turn(signed, degrees)
         cropped(f"turned {degrees:+.1f} deg", turned)
@@ -1343,6 +1372,82 @@ def _views(
     for label, view in nearest:
         out.append((f"{label}, faint parts lifted", _LIFT_TABLE[view]))
     return out
+
+
+def _shadowless_maps(
+    signed: np.ndarray, thr: float, unit: float
+) -> Iterator[tuple[str, np.ndarray]]:
+    """(label, object map) of the views that leave a cast shadow out of the object in
+    ``signed`` (above ``thr``; ``unit`` px per item pixel): see _VIEW_BODY and _RIM_FLAT."""
+    smooth = _box_blur3(signed)
+    obj = smooth > thr
+    if not obj.any():
+        return
+    level = float(np.quantile(smooth[obj], 0.9))
+    area = _RIM_AREA * unit * unit
+    body = signed
+    for share in _VIEW_BODY:
+        body = signed * regions.fill_holes(smooth > share * level)
+        yield f"its body without what is fainter than {share:.0%} around it", body
+    rim = _shadow_rim(smooth, obj, level, unit)
+    if rim.any():
+        yield "without a faint rim that has no texture", np.where(rim, 0.0, signed)
+    if rim.sum() >= area:
+        unshadowed = _unshadow(signed, smooth, obj, rim, unit)
+        yield "with a cast shadow divided out", unshadowed
+        again = _box_blur3(unshadowed)
+        if (again > thr).any():  # and what is left of a shadow around its body cut
+            share = _VIEW_BODY[-1]
+            core = regions.fill_holes(again > share * float(np.quantile(again[again > thr], 0.9)))
+            yield f"with a cast shadow divided out, its body over {share:.0%}", unshadowed * core
+    band = obj & (body <= 0.0)  # around the body (at the last share): a shadow's band, perhaps
+    if band.sum() >= area:
+        yield (
+            "with the band around its body divided out",
+            _unshadow(signed, smooth, obj, band, unit),
+        )
+
+
+def _shadow_rim(smooth: np.ndarray, obj: np.ndarray, level: float, unit: float) -> np.ndarray:
+    """(H, W) bool: the part of the object ``obj`` that a cast shadow would be (see _RIM_FLAT).
+
+    ``smooth``: the object's map box-blurred, ``level`` its object level, ``unit`` the map's
+    pixels per item pixel.
+    """
+    rough = _box(np.abs(smooth - _box(smooth, unit)), _RIM_WINDOW * unit)
+    flat = obj & (rough < _RIM_FLAT * level) & (smooth < min(_RIM_FAINT * level, _RIM_LIGHT))
+    labels, _ = regions.label(flat | ~obj)
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    return np.isin(labels, edge[edge > 0]) & obj
+
+
+def _unshadow(
+    signed: np.ndarray, smooth: np.ndarray, obj: np.ndarray, rim: np.ndarray, unit: float
+) -> np.ndarray:
+    """``signed`` without the cast shadow ``rim``, and with the shadow's darkness divided out
+    where it goes on under the object (its faint parts let it show through).
+
+    Under the object the shadow is unknown: it is continued smoothly (a membrane: the mean of
+    its neighbours, on a grid of item pixels) from its darkness on the rim and 0 on the floor.
+    A shadow keeps a fraction (1 - s) of the light: the object's own darkness is then
+    1 - (1 - d) / (1 - s), in shares of 255.
+    """
+    h, w = signed.shape
+    step = max(1, round(unit))
+    gh, gw = -(-h // step), -(-w // step)
+    known = (~obj | rim).astype(np.float32)
+    weight = np.asarray(Image.fromarray(known).resize((gw, gh), Image.Resampling.BOX))
+    shadow = np.where(rim, smooth, 0.0).astype(np.float32)
+    total = np.asarray(Image.fromarray(shadow).resize((gw, gh), Image.Resampling.BOX))
+    fixed = weight > 0.5
+    grid = np.where(fixed, total / np.maximum(weight, 1e-6), 0.0).astype(np.float32)
+    for _ in range(2 * max(gh, gw)):  # enough sweeps to reach across the object
+        p = np.pad(grid, 1, mode="edge")
+        grid = np.where(fixed, grid, (p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:]) / 4)
+    field = np.asarray(Image.fromarray(grid).resize((w, h), Image.Resampling.BILINEAR))
+    light = 1.0 - np.clip(field, 0.0, _RIM_LIGHT) / 255.0
+    own = 255.0 * (1.0 - (1.0 - signed / 255.0) / light)
+    return np.where(rim | ~obj, 0.0, np.clip(own, 0.0, None)).astype(np.float32)
 
 
 def _turn(signed: np.ndarray, degrees: float) -> np.ndarray:

@@ -107,6 +107,57 @@ def test_a_trimmed_view_leaves_out_a_shadow_beside_the_base(
     assert np.mean(nearer) >= 0.75, np.mean(nearer)
 
 
+def _drop_shadow_photo(item: np.ndarray, rng: np.random.Generator, through: bool) -> bytes:
+    """A dark item ~220 px tall on white with its soft shadow cast down and to one side (a lamp
+    above and beside it; 25-35 % darker). ``through``: the item is laid over the shadowed floor
+    with its darkness as its opacity, so the shadow shows through its faint parts; else it is
+    opaque wherever it has ink (JPEG 88)."""
+    ink = np.zeros((340, 440), np.float32)
+    up = Image.fromarray(item, "L").resize((220, 220), Image.Resampling.BICUBIC)
+    ink[50:270, 110:330] = np.asarray(up, np.float32) / 255.0
+    dx, dy = int(rng.choice([-1, 1]) * rng.integers(10, 25)), int(rng.integers(8, 20))
+    silhouette = np.clip(ink / 0.1, 0.0, 1.0)
+    moved = np.roll(np.roll(silhouette, dy, axis=0), dx, axis=1)
+    cast = Image.fromarray(np.rint(moved * 255.0).astype(np.uint8))
+    blurred = cast.filter(ImageFilter.GaussianBlur(float(rng.uniform(6, 10))))
+    floor = 1.0 - rng.uniform(0.25, 0.35) * np.asarray(blurred, np.float32) / 255.0
+    if through:
+        reflectance = floor * (1.0 - ink) + 0.12 * ink
+    else:
+        reflectance = np.where(silhouette > 0, 1.0 - 0.88 * ink, floor)
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(np.rint(reflectance * 255.0), 0, 255).astype(np.uint8)).convert(
+        "RGB"
+    ).save(buffer, format="JPEG", quality=88)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("through", [False, True], ids=["opaque", "shadow_shows_through"])
+def test_views_without_a_shadow_cast_to_one_side(
+    catalog: np.ndarray,  # noqa: F811
+    through: bool,
+) -> None:
+    """A shadow cast down and to one side rings the item with a faint, smooth band that the
+    other framings keep; the views of its body, without the textureless rim, or with the shadow
+    (or that band) divided out leave it out: the best of them is nearer the catalog item than
+    every other view for most photos (0.65 opaque, 0.72 showing through, measured)."""
+    rng = np.random.default_rng(9)
+    nearest = []
+    for row in range(3, 1000, 1000 // QUERIES):
+        views = preprocess_views(_drop_shadow_photo(catalog[row], rng, through))
+        cosine = _cosines(views.pixels, catalog[row])
+        new = [
+            n.startswith(("its body", "without a faint rim", "with a cast shadow", "with the band"))
+            for n in views.names
+        ]
+        assert any(new)
+        best_new = max(c for c, is_new in zip(cosine, new, strict=True) if is_new)
+        nearest.append(
+            best_new > max(c for c, is_new in zip(cosine, new, strict=True) if not is_new)
+        )
+    assert np.mean(nearest) >= 0.5, np.mean(nearest)
+
+
 def test_views_of_a_photo_and_of_a_catalog_item(catalog: np.ndarray) -> None:  # noqa: F811
     photo = _photo(catalog[10], np.random.default_rng(1), shadow=0.3)
     views = preprocess_views(photo)
