@@ -759,7 +759,7 @@ def _preprocess(
     if record is not None:
         record.append(_steps(scene, tilt, to_analysis, crop, pixels))
     if others is not None:
-        others.extend(_views(signed, thr, frame, lossy, name, pixels))
+        others.extend(_views(signed, thr, frame, lossy, name, pixels, scene.dark_object))
     return pixels
 
 
@@ -1326,11 +1326,18 @@ def _resample(frame: _Frame, box: tuple[float, float, float, float], name: str) 
 
 
 def _views(
-    signed: np.ndarray, thr: float, frame: _Frame, lossy: bool, name: str, pixels: np.ndarray
+    signed: np.ndarray,
+    thr: float,
+    frame: _Frame,
+    lossy: bool,
+    name: str,
+    pixels: np.ndarray,
+    light_surface: bool,
 ) -> list[tuple[str, np.ndarray]]:
     """Other framings of the object in ``signed`` (above ``thr``) than ``frame``, the one
     :func:`_crop` found and ``pixels`` its view (see :func:`preprocess_views`): (name, (28, 28)
-    uint8) each; one that comes out blank is left out."""
+    uint8) each; one that comes out blank is left out. The views without a cast shadow only
+    when the object lies on a ``light_surface`` (on a dark one a shadow does not show)."""
     out: list[tuple[str, np.ndarray]] = []
 
     def boxed(label: str, box: tuple[float, float, float, float]) -> None:
@@ -1361,7 +1368,7 @@ def _views(
             cropped(label, _cut_base(signed, thr, share, band))
     label = f"base trimmed to the width above it (lowest {_VIEW_TRIM_BAND:.0%})"
     cropped(label, _trim_base(signed, thr))
-    for label, object_map in _shadowless_maps(signed, thr, unit):
+    for label, object_map in _shadowless_maps(signed, thr, unit) if light_surface else ():
         cropped(label, object_map)
     for degrees in (d * sign for d in _VIEW_TURNS for sign in (-1.0, 1.0)):
         turned = _turn(signed, degrees)
