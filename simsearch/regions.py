@@ -2,8 +2,8 @@
 
 numpy only (scipy.ndimage would add most of a second to a cold ``simsearch query``). The masks
 this works on are small (the analysis image of :mod:`simsearch.images`, at most a few hundred
-pixels a side), so the components are found on the runs of each row with a union-find over runs,
-which costs little Python work per row.
+pixels a side), so the components are found on the runs of each row, with a union-find over
+runs done by whole-array steps (no Python work per run).
 """
 
 from __future__ import annotations
@@ -36,34 +36,35 @@ def label(mask: np.ndarray, connectivity: int = 8) -> tuple[np.ndarray, int]:
     n = len(rows)
     if n == 0:
         return labels, 0
-    parent = list(range(n))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
     slack = 1 if connectivity == 8 else 0
-    # Runs of row r start at first[r]; overlap with the previous row's runs is a merge of two
-    # sorted interval lists.
-    first = np.searchsorted(rows, np.arange(mask.shape[0] + 1))
-    start_list, stop_list = starts.tolist(), stops.tolist()
-    for r in range(1, mask.shape[0]):
-        i, i_end = int(first[r - 1]), int(first[r])
-        j, j_end = i_end, int(first[r + 1])
-        while i < i_end and j < j_end:
-            # runs overlap (or touch diagonally) when each starts before the other stops
-            if start_list[i] < stop_list[j] + slack and start_list[j] < stop_list[i] + slack:
-                a, b = find(i), find(j)
-                if a != b:
-                    parent[max(a, b)] = min(a, b)
-            if stop_list[i] < stop_list[j]:
-                i += 1
-            else:
-                j += 1
-    roots = np.array([find(i) for i in range(n)])
-    _, inverse = np.unique(roots, return_inverse=True)
+    # Run j (row r) touches run i (row r - 1) when each starts before the other stops (give or
+    # take a diagonal): those i are a contiguous range [lo, hi) of the row-major run order,
+    # found by binary search on (row, column) keys.
+    stride = mask.shape[1] + 4
+    above = (rows - 1) * stride + 2
+    lo = np.searchsorted(rows * stride + 2 + stops, above + starts - slack, side="right")
+    hi = np.searchsorted(rows * stride + 2 + starts, above + stops + slack, side="left")
+    lo = np.maximum(lo, np.searchsorted(rows, rows - 1, side="left"))
+    count = np.maximum(hi - lo, 0)
+    j = np.repeat(np.arange(n), count)
+    i = np.repeat(lo - (np.cumsum(count) - count), count) + np.arange(int(count.sum()))
+    # Components of the runs' graph: each run takes the smallest root among its neighbours',
+    # then pointers are followed to their ends, until nothing changes (vectorised union-find).
+    root = np.arange(n)
+    while True:
+        smaller = np.minimum(root[i], root[j])
+        merged = root.copy()
+        np.minimum.at(merged, root[i], smaller)
+        np.minimum.at(merged, root[j], smaller)
+        while True:
+            jumped = merged[merged]
+            if np.array_equal(jumped, merged):
+                break
+            merged = jumped
+        if np.array_equal(merged, root):
+            break
+        root = merged
+    _, inverse = np.unique(root, return_inverse=True)
     run_labels = inverse.astype(np.int32) + 1
     # every run's pixels at once: flat positions start..stop-1 of each run, in run order
     lengths = stops - starts
