@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
 from simsearch import SearchIndex
 from simsearch.images import AS_FOUND, preprocess, preprocess_views
@@ -107,6 +107,9 @@ def test_a_trimmed_view_leaves_out_a_shadow_beside_the_base(
     assert np.mean(nearer) >= 0.75, np.mean(nearer)
 
 
+SHADOWLESS = ("its body", "without a faint rim", "with a cast shadow", "with the band")
+
+
 def _drop_shadow_photo(item: np.ndarray, rng: np.random.Generator, through: bool) -> bytes:
     """A dark item ~220 px tall on white with its soft shadow cast down and to one side (a lamp
     above and beside it; 25-35 % darker). ``through``: the item is laid over the shadowed floor
@@ -146,16 +149,27 @@ def test_views_without_a_shadow_cast_to_one_side(
     for row in range(3, 1000, 1000 // QUERIES):
         views = preprocess_views(_drop_shadow_photo(catalog[row], rng, through))
         cosine = _cosines(views.pixels, catalog[row])
-        new = [
-            n.startswith(("its body", "without a faint rim", "with a cast shadow", "with the band"))
-            for n in views.names
-        ]
+        new = [n.startswith(SHADOWLESS) for n in views.names]
         assert any(new)
         best_new = max(c for c, is_new in zip(cosine, new, strict=True) if is_new)
         nearest.append(
             best_new > max(c for c, is_new in zip(cosine, new, strict=True) if not is_new)
         )
     assert np.mean(nearest) >= 0.5, np.mean(nearest)
+
+
+def test_views_without_a_shadow_only_on_a_light_surface(
+    catalog: np.ndarray,  # noqa: F811
+) -> None:
+    """A shadow shows on a light floor only: an enlarged catalog item (light on black) gets no
+    shadowless views, the same item dark on white does."""
+    enlarged = Image.fromarray(catalog[10]).resize((280, 280), Image.Resampling.BICUBIC)
+    names = {
+        polarity: preprocess_views(np.asarray(image)).names
+        for polarity, image in (("light", enlarged), ("dark", ImageOps.invert(enlarged)))
+    }
+    assert not any(n.startswith(SHADOWLESS) for n in names["light"])
+    assert any(n.startswith(SHADOWLESS) for n in names["dark"])
 
 
 def test_views_of_a_photo_and_of_a_catalog_item(catalog: np.ndarray) -> None:  # noqa: F811
