@@ -203,12 +203,9 @@ def render_photo(item: np.ndarray, p: Scene, rng: np.random.Generator) -> bytes:
         refl_bg = refl_bg * (1.0 - strength * cast)[:, :, None]
     if p.get("clutter"):
         refl_bg = _clutter(refl_bg, full > 0.02, p["clutter"], rng)
-    scene = alpha * item_refl + (1.0 - alpha) * refl_bg
     if p.get("through"):  # a thin fabric: its faint parts let the floor (and a shadow) through
-        scene = (
-            full[:, :, None] * (1.0 - np.asarray(p.get("ink", (1.0, 1.0, 1.0))))
-            + (1.0 - full[:, :, None]) * refl_bg
-        )
+        alpha, item_refl = full[:, :, None], 1.0 - np.asarray(p.get("ink", (1.0, 1.0, 1.0)))
+    scene = alpha * item_refl + (1.0 - alpha) * refl_bg
 
     yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
     light = np.ones((H, W), np.float32) * p.get("exposure", 1.0)

@@ -22,8 +22,9 @@ white, JPEG, off centre) precisely enough that the item finds itself again:
 
 A query searches a photo in several framings of the object found (:func:`preprocess_views`):
 shifted by half a pixel and by one, a little smaller and larger, turned by a few degrees, with
-the faint part of its base cut away or its base trimmed to the width above it, with faint parts
-lifted; each catalog item is judged by the view that matches it best.
+the faint part of its base cut away or its base trimmed to the width above it, on a light floor
+without a cast shadow, with faint parts lifted; each catalog item is judged by the view that
+matches it best.
 
 Large images are box-reduced to about 512 px a strip at a time, before any float work and in
 their own mode (16-bit, float, palette, CMYK, ...), so a call needs little memory beyond the
@@ -120,6 +121,7 @@ _GROUP_MASS = 0.01  # ... when they have at least this share of its mass
 # pixels) is kept when cropping at full resolution: faint specks near an item frame it too.
 _GATE = 2.0 / 28.0
 _LIGHTER_SHARE = 0.03  # the object is partly lighter than its background from this share on
+_LEVEL_QUANTILE = 0.9  # the object's level: this quantile of its darkness (not its few peaks)
 _SHADOW_CORE = 0.4  # a cast shadow is fainter than this share of the object's level ...
 _SHADOW_REACH = 0.75  # ... lies farther than this many item pixels from the object's body ...
 _SHADOW_AREA = 0.05  # ... covers at least this share of the object's area ...
@@ -576,6 +578,11 @@ def _light_cutout(luma: np.ndarray, opaque: np.ndarray) -> bool:
     return float(luma[opaque].mean()) >= 127.5
 
 
+def _level(values: np.ndarray, mask: np.ndarray) -> float:
+    """The object's level: the _LEVEL_QUANTILE of ``values`` over its ``mask``."""
+    return float(np.quantile(values[mask], _LEVEL_QUANTILE))
+
+
 def _box(a: np.ndarray, size: float) -> np.ndarray:
     """Mean over a square window of ``size`` px (rounded up to odd), edges padded: (H, W) ->
     (H, W) float32; by running sums, so its cost does not grow with the window."""
@@ -690,12 +697,13 @@ def preprocess_views(source: ImageInput, explain: bool = False) -> Views:
     other views are the object shifted by half an output pixel and by one (8 directions each),
     4 % smaller and larger, turned by 1.5, 3 and 4.5 degrees either way, with the faint part
     of its bottom band cut away at a few levels (where a floor shadow lies), with its base
-    trimmed to the width above it (a shadow cast beside it), and the as-found and half-pixel
-    views with faint parts lifted (a camera's tone curve or a small item's few pixels weaken a
-    dim sole the catalog image keeps). A query searches with every view and keeps each catalog
-    item's best similarity: the framing that matches an item best is the one it is judged by.
-    A 28x28 input has one view (itself, as :func:`preprocess` gives it). With ``explain``,
-    ``steps`` says what preprocessing found (None for 28x28).
+    trimmed to the width above it (a shadow cast beside it), on a light floor without a cast
+    shadow (its body alone, or the shadow cut or divided out: see _VIEW_BODY and _RIM_FLAT),
+    and the as-found and half-pixel views with faint parts lifted (a camera's tone curve or a
+    small item's few pixels weaken a dim sole the catalog image keeps). A query searches with
+    every view and keeps each catalog item's best similarity: the framing that matches an item
+    best is the one it is judged by. A 28x28 input has one view (itself, as :func:`preprocess`
+    gives it). With ``explain``, ``steps`` says what preprocessing found (None for 28x28).
 
     Raises:
         InvalidImageError: as :func:`preprocess`.
@@ -1186,7 +1194,7 @@ def _drop_shadow(
     obj = smooth > thr
     if obj.sum() < 64:
         return part
-    level = float(np.quantile(smooth[obj], 0.9))
+    level = _level(smooth, obj)
     core = regions.fill_holes(smooth > _SHADOW_CORE * level)
     near = regions.dilate(core, max(1, round(_SHADOW_REACH * unit)))
     extra = obj & ~near
@@ -1390,7 +1398,7 @@ def _shadowless_maps(
     obj = smooth > thr
     if not obj.any():
         return
-    level = float(np.quantile(smooth[obj], 0.9))
+    level = _level(smooth, obj)
     area = _RIM_AREA * unit * unit
     body = signed
     for share in _VIEW_BODY:
@@ -1403,9 +1411,10 @@ def _shadowless_maps(
         unshadowed = _unshadow(signed, smooth, obj, rim, unit)
         yield "with a cast shadow divided out", unshadowed
         again = _box_blur3(unshadowed)
-        if (again > thr).any():  # and what is left of a shadow around its body cut
+        left = again > thr
+        if left.any():  # and what is left of a shadow around its body cut
             share = _VIEW_BODY[-1]
-            core = regions.fill_holes(again > share * float(np.quantile(again[again > thr], 0.9)))
+            core = regions.fill_holes(again > share * _level(again, left))
             yield f"with a cast shadow divided out, its body over {share:.0%}", unshadowed * core
     band = obj & (body <= 0.0)  # around the body (at the last share): a shadow's band, perhaps
     if band.sum() >= area:
@@ -1470,7 +1479,7 @@ def _cut_base(signed: np.ndarray, thr: float, share: float, band: float) -> np.n
     rows = np.flatnonzero(mask.any(axis=1))
     if not len(rows):
         return signed
-    level = float(np.quantile(signed[mask], 0.9))
+    level = _level(signed, mask)
     top = int(rows[0] + (1.0 - band) * (rows[-1] - rows[0]))
     out = np.array(signed, np.float32)
     low = out[top:]

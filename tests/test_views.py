@@ -71,6 +71,14 @@ def test_a_lifted_view_restores_faint_parts_a_tone_curve_weakened(
     assert np.mean(nearer) >= 0.8, np.mean(nearer)
 
 
+def _jpeg(reflectance: np.ndarray) -> bytes:
+    """A grey (H, W) reflectance in [0, 1] as an RGB JPEG, quality 88."""
+    grey = Image.fromarray(np.clip(np.rint(reflectance * 255.0), 0, 255).astype(np.uint8))
+    buffer = io.BytesIO()
+    grey.convert("RGB").save(buffer, format="JPEG", quality=88)
+    return buffer.getvalue()
+
+
 def _beside_shadow_photo(item: np.ndarray, rng: np.random.Generator) -> bytes:
     """A dim item (darkness up to 0.45) ~220 px tall on white, with a soft floor shadow as dark
     as the item cast beside its base, to the left or the right (JPEG 88)."""
@@ -84,12 +92,7 @@ def _beside_shadow_photo(item: np.ndarray, rng: np.random.Generator) -> bytes:
     ellipse = Image.new("L", (420, 320), 0)
     ImageDraw.Draw(ellipse).ellipse((side - 45, base - reach, side + 45, base + 6), fill=255)
     cast = 0.35 * np.asarray(ellipse.filter(ImageFilter.GaussianBlur(4)), np.float32) / 255.0
-    reflectance = (1.0 - darkness) * (1.0 - cast * (darkness < 0.02))
-    buffer = io.BytesIO()
-    Image.fromarray(np.clip(np.rint(reflectance * 255.0), 0, 255).astype(np.uint8)).convert(
-        "RGB"
-    ).save(buffer, format="JPEG", quality=88)
-    return buffer.getvalue()
+    return _jpeg((1.0 - darkness) * (1.0 - cast * (darkness < 0.02)))
 
 
 def test_a_trimmed_view_leaves_out_a_shadow_beside_the_base(
@@ -128,11 +131,7 @@ def _drop_shadow_photo(item: np.ndarray, rng: np.random.Generator, through: bool
         reflectance = floor * (1.0 - ink) + 0.12 * ink
     else:
         reflectance = np.where(silhouette > 0, 1.0 - 0.88 * ink, floor)
-    buffer = io.BytesIO()
-    Image.fromarray(np.clip(np.rint(reflectance * 255.0), 0, 255).astype(np.uint8)).convert(
-        "RGB"
-    ).save(buffer, format="JPEG", quality=88)
-    return buffer.getvalue()
+    return _jpeg(reflectance)
 
 
 @pytest.mark.parametrize("through", [False, True], ids=["opaque", "shadow_shows_through"])
