@@ -176,6 +176,20 @@ _RIM_WINDOW = 2.0
 _RIM_FAINT = 0.7
 _RIM_LIGHT = 0.55 * 255.0
 _RIM_AREA = 4.0
+# A lamp's shadow is the object's silhouette moved aside, or flattened behind or in front of it
+# about its base and slanted; blurred; darkening the floor by one share. It is fitted on a grid
+# of _CAST_GRID cells per item pixel to what lies outside the object's body (at _VIEW_BODY[-1]):
+# every shift (farther than _CAST_NEAR item pixels: nearer ones are the object's own rim) and
+# every flattening in _CAST_SQUASH x _CAST_SLANT (columns moved per row of the shadow's height),
+# each with the darkness that fits it best, that leaves _CAST_OUTSIDE of its area or more
+# outside the body; then blurred by the box window (grid cells) in _CAST_BLURS that fits best,
+# and divided out of the whole object.
+_CAST_GRID = 2.0
+_CAST_NEAR = 1.5
+_CAST_SQUASH = (0.3, 0.4, 0.5, 0.6, 0.7, 0.85)
+_CAST_SLANT = tuple(round(-1.2 + 0.2 * i, 1) for i in range(13))
+_CAST_OUTSIDE = 0.05
+_CAST_BLURS = (1, 3, 5, 7)
 
 
 @dataclass(frozen=True)
@@ -698,7 +712,8 @@ def preprocess_views(source: ImageInput, explain: bool = False) -> Views:
     4 % smaller and larger, turned by 1.5, 3 and 4.5 degrees either way, with the faint part
     of its bottom band cut away at a few levels (where a floor shadow lies), with its base
     trimmed to the width above it (a shadow cast beside it), on a light floor without a cast
-    shadow (its body alone, or the shadow cut or divided out: see _VIEW_BODY and _RIM_FLAT),
+    shadow (its body alone, or the shadow cut or divided out: see _VIEW_BODY and _RIM_FLAT;
+    or a lamp's shadow fitted as its silhouette moved or flattened and divided out: _CAST_GRID),
     and the as-found and half-pixel views with faint parts lifted (a camera's tone curve or a
     small item's few pixels weaken a dim sole the catalog image keeps). A query searches with
     every view and keeps each catalog item's best similarity: the framing that matches an item
@@ -1422,6 +1437,19 @@ def _shadowless_maps(
             "with the band around its body divided out",
             _unshadow(signed, smooth, obj, band, unit),
         )
+    shadow = _fit_cast_shadow(signed, level, unit)
+    if shadow is not None:
+        fitted = _divided(signed, shadow, obj)
+        yield "with its fitted cast shadow divided out", fitted
+        again = _box_blur3(fitted)
+        left = again > thr
+        if left.any():  # and the faint rest of the shadow's edge cut
+            share = _VIEW_BODY[0]
+            core = regions.fill_holes(again > share * _level(again, left))
+            yield (
+                f"with its fitted cast shadow divided out, its body over {share:.0%}",
+                fitted * core,
+            )
 
 
 def _shadow_rim(smooth: np.ndarray, obj: np.ndarray, level: float, unit: float) -> np.ndarray:
@@ -1461,9 +1489,93 @@ def _unshadow(
         p = np.pad(grid, 1, mode="edge")
         grid = np.where(fixed, grid, (p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:]) / 4)
     field = np.asarray(Image.fromarray(grid).resize((w, h), Image.Resampling.BILINEAR))
-    light = 1.0 - np.clip(field, 0.0, _RIM_LIGHT) / 255.0
+    return _divided(signed, field, obj & ~rim)
+
+
+def _divided(signed: np.ndarray, shadow: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """The object's own darkness in ``signed`` (kept where ``keep``, 0 elsewhere) under a
+    shadow of darkness ``shadow``: a shadow keeps a fraction (1 - s) of the light, so the
+    object's own darkness is 1 - (1 - d) / (1 - s), in shares of 255."""
+    light = 1.0 - np.clip(shadow, 0.0, _RIM_LIGHT) / 255.0
     own = 255.0 * (1.0 - (1.0 - signed / 255.0) / light)
-    return np.where(rim | ~obj, 0.0, np.clip(own, 0.0, None)).astype(np.float32)
+    return np.where(keep, np.clip(own, 0.0, None), 0.0).astype(np.float32)
+
+
+def _fit_cast_shadow(signed: np.ndarray, level: float, unit: float) -> np.ndarray | None:
+    """(H, W) float32: the darkness of a lamp's shadow fitted to the object in ``signed``
+    (``level`` its object level, ``unit`` px per item pixel; see _CAST_GRID), or None when no
+    silhouette fits."""
+    h, w = signed.shape
+    step = max(1, round(unit / _CAST_GRID))
+    gh, gw = -(-h // step), -(-w // step)
+    grid = np.asarray(
+        Image.fromarray(np.asarray(signed, np.float32)).resize((gw, gh), Image.Resampling.BOX)
+    )
+    body = regions.fill_holes(grid > _VIEW_BODY[-1] * level)
+    if not body.any():
+        return None
+    floor = np.where(body, 0.0, np.maximum(grid, 0.0))  # what lies outside the body
+    silhouette = _cast_silhouette(floor, body)
+    if silhouette is None:
+        return None
+    outside = ~body
+    fits = []  # (what it leaves unexplained, window, darkness) per blur
+    for window in _CAST_BLURS:
+        blurred = _box(silhouette, window) * outside
+        depth = float((floor * blurred).sum() / max(float((blurred**2).sum()), 1e-9))
+        fits.append((float((((floor - depth * blurred) * outside) ** 2).sum()), window, depth))
+    _, window, depth = min(fits, key=lambda fit: fit[0])
+    if depth <= 0.0:
+        return None
+    shadow = depth * _box(silhouette, window)
+    return np.asarray(Image.fromarray(shadow).resize((w, h), Image.Resampling.BILINEAR))
+
+
+def _cast_silhouette(floor: np.ndarray, body: np.ndarray) -> np.ndarray | None:
+    """(h, w) float32 0/1: the moved or flattened silhouette of ``body`` (bool) that best
+    explains the darkness ``floor`` around it (see _CAST_GRID), or None."""
+    gh, gw = body.shape
+    solid = body.astype(np.float64)
+    area = solid.sum()
+    # Every shift at once: a[t] = sum floor(x) body(x - t), the body's overlap with itself.
+    shape = (2 * gh, 2 * gw)
+    f_floor, f_body = np.fft.rfft2(floor, shape), np.fft.rfft2(solid, shape)
+    meets = np.fft.irfft2(f_floor * np.conj(f_body), shape)
+    out = area - np.fft.irfft2(f_body * np.conj(f_body), shape)  # its area off the body
+    ty = np.fft.fftfreq(shape[0], 1.0 / shape[0])[:, None]
+    tx = np.fft.fftfreq(shape[1], 1.0 / shape[1])[None, :]
+    near = _CAST_NEAR * _CAST_GRID
+    fits = (out > _CAST_OUTSIDE * area) & ((np.abs(ty) >= near) | (np.abs(tx) >= near))
+    score = np.where(fits, np.maximum(meets, 0.0) ** 2 / np.maximum(out, 1e-9), 0.0)
+    at = np.unravel_index(int(np.argmax(score)), score.shape)
+    best, dy, dx = float(score[at]), int(ty[at[0], 0]), int(tx[0, at[1]])
+    silhouette = np.zeros((gh, gw), np.float32)
+    if best > 0.0:
+        silhouette[max(0, dy) : gh + min(0, dy), max(0, dx) : gw + min(0, dx)] = body[
+            max(0, -dy) : gh - max(0, dy), max(0, -dx) : gw - max(0, dx)
+        ]
+    # Flattened about the base row, behind it (rows above) or in front (rows below), slanted.
+    base = int(np.flatnonzero(body.any(axis=1))[-1])
+    rows = np.arange(gh, dtype=np.float64)[:, None]
+    cols = np.arange(gw, dtype=np.float64)[None, :]
+    slants = np.asarray(_CAST_SLANT)[:, None, None]
+    for side in (-1.0, 1.0):
+        height = side * (rows - base)  # the shadow's height above the base line, per row
+        for squash in _CAST_SQUASH:
+            sy = np.rint(base - height / squash).astype(np.intp)
+            sx = np.rint(cols - slants * height).astype(np.intp)
+            inside = (height >= 0) & (sy >= 0) & (sy < gh) & (sx >= 0) & (sx < gw)
+            cast = np.where(inside, body[np.clip(sy, 0, gh - 1), np.clip(sx, 0, gw - 1)], False)
+            off = (cast & ~body).sum(axis=(1, 2)).astype(np.float64)
+            meet = (floor * cast).sum(axis=(1, 2))
+            score = np.where(
+                off >= _CAST_OUTSIDE * area, np.maximum(meet, 0.0) ** 2 / np.maximum(off, 1e-9), 0.0
+            )
+            i = int(np.argmax(score))
+            if score[i] > best:
+                best = float(score[i])
+                silhouette = cast[i].astype(np.float32)
+    return silhouette if best > 0.0 else None
 
 
 def _turn(signed: np.ndarray, degrees: float) -> np.ndarray:
