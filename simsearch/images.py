@@ -1537,7 +1537,8 @@ def _cast_silhouette(floor: np.ndarray, body: np.ndarray) -> np.ndarray | None:
     gh, gw = body.shape
     solid = body.astype(np.float64)
     area = solid.sum()
-    # Every shift at once: a[t] = sum floor(x) body(x - t), the body's overlap with itself.
+    # Every shift t at once: meets[t] = sum floor(x) body(x - t), the darkness the moved body
+    # covers, and out[t] its area off the body (the body's area less its overlap with itself).
     shape = (2 * gh, 2 * gw)
     f_floor, f_body = np.fft.rfft2(floor, shape), np.fft.rfft2(solid, shape)
     meets = np.fft.irfft2(f_floor * np.conj(f_body), shape)
@@ -1560,7 +1561,7 @@ def _cast_silhouette(floor: np.ndarray, body: np.ndarray) -> np.ndarray | None:
     cols = np.arange(gw, dtype=np.float64)[None, :]
     slants = np.asarray(_CAST_SLANT)[:, None, None]
     for side in (-1.0, 1.0):
-        height = side * (rows - base)  # the shadow's height above the base line, per row
+        height = side * (rows - base)  # each row's distance from the base on the shadow's side
         for squash in _CAST_SQUASH:
             sy = np.rint(base - height / squash).astype(np.intp)
             sx = np.rint(cols - slants * height).astype(np.intp)
