@@ -178,13 +178,15 @@ _RIM_LIGHT = 0.55 * 255.0
 _RIM_AREA = 4.0
 # A lamp's shadow is the object's silhouette moved aside, or flattened behind or in front of it
 # about its base and slanted; blurred; darkening the floor by one share. It is fitted on a grid
-# of _CAST_GRID cells per item pixel to what lies outside the object's body (at _VIEW_BODY[-1]):
+# of _CAST_GRID cells per item pixel to what lies outside the object's body (darker than a share
+# in _CAST_BODIES of its level: a light object's shadow can be darker than half its level):
 # every shift (farther than _CAST_NEAR item pixels: nearer ones are the object's own rim) and
 # every flattening in _CAST_SQUASH x _CAST_SLANT (columns moved per row of the shadow's height),
 # each with the darkness that fits it best, that leaves _CAST_OUTSIDE of its area or more
 # outside the body; then blurred by the box window (grid cells) in _CAST_BLURS that fits best,
 # and divided out of the whole object.
 _CAST_GRID = 2.0
+_CAST_BODIES = (0.45, 0.65)
 _CAST_NEAR = 1.5
 _CAST_SQUASH = (0.3, 0.4, 0.5, 0.6, 0.7, 0.85)
 _CAST_SLANT = tuple(round(-1.2 + 0.2 * i, 1) for i in range(13))
@@ -1437,19 +1439,19 @@ def _shadowless_maps(
             "with the band around its body divided out",
             _unshadow(signed, smooth, obj, band, unit),
         )
-    shadow = _fit_cast_shadow(signed, level, unit)
-    if shadow is not None:
+    for share in _CAST_BODIES:
+        shadow = _fit_cast_shadow(signed, share * level, unit)
+        if shadow is None:
+            continue
+        label = f"with its fitted cast shadow (fainter than {share:.0%}) divided out"
         fitted = _divided(signed, shadow, obj)
-        yield "with its fitted cast shadow divided out", fitted
+        yield label, fitted
         again = _box_blur3(fitted)
         left = again > thr
         if left.any():  # and the faint rest of the shadow's edge cut
-            share = _VIEW_BODY[0]
-            core = regions.fill_holes(again > share * _level(again, left))
-            yield (
-                f"with its fitted cast shadow divided out, its body over {share:.0%}",
-                fitted * core,
-            )
+            cut = _VIEW_BODY[0]
+            core = regions.fill_holes(again > cut * _level(again, left))
+            yield f"{label}, its body over {cut:.0%}", fitted * core
 
 
 def _shadow_rim(smooth: np.ndarray, obj: np.ndarray, level: float, unit: float) -> np.ndarray:
@@ -1501,17 +1503,17 @@ def _divided(signed: np.ndarray, shadow: np.ndarray, keep: np.ndarray) -> np.nda
     return np.where(keep, np.clip(own, 0.0, None), 0.0).astype(np.float32)
 
 
-def _fit_cast_shadow(signed: np.ndarray, level: float, unit: float) -> np.ndarray | None:
+def _fit_cast_shadow(signed: np.ndarray, body_level: float, unit: float) -> np.ndarray | None:
     """(H, W) float32: the darkness of a lamp's shadow fitted to the object in ``signed``
-    (``level`` its object level, ``unit`` px per item pixel; see _CAST_GRID), or None when no
-    silhouette fits."""
+    around its body (what is darker than ``body_level``; ``unit`` px per item pixel; see
+    _CAST_GRID), or None when no silhouette fits."""
     h, w = signed.shape
     step = max(1, round(unit / _CAST_GRID))
     gh, gw = -(-h // step), -(-w // step)
     grid = np.asarray(
         Image.fromarray(np.asarray(signed, np.float32)).resize((gw, gh), Image.Resampling.BOX)
     )
-    body = regions.fill_holes(grid > _VIEW_BODY[-1] * level)
+    body = regions.fill_holes(grid > body_level)
     if not body.any():
         return None
     floor = np.where(body, 0.0, np.maximum(grid, 0.0))  # what lies outside the body
