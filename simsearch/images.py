@@ -1474,9 +1474,8 @@ def _unshadow(
     where it goes on under the object (its faint parts let it show through).
 
     Under the object the shadow is unknown: it is continued smoothly (a membrane: the mean of
-    its neighbours, on a grid of item pixels) from its darkness on the rim and 0 on the floor.
-    A shadow keeps a fraction (1 - s) of the light: the object's own darkness is then
-    1 - (1 - d) / (1 - s), in shares of 255.
+    its neighbours, on a grid of item pixels) from its darkness on the rim and 0 on the floor,
+    then divided out (see :func:`_divided`).
     """
     h, w = signed.shape
     step = max(1, round(unit))
