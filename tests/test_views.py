@@ -35,6 +35,7 @@ def _cosines(views: np.ndarray, item: np.ndarray) -> list[float]:
     return [float(v @ target / (np.linalg.norm(v) * np.linalg.norm(target))) for v in flat]
 
 
+@pytest.mark.slow  # renders 40 photos and takes their views: seconds
 @pytest.mark.parametrize(
     "condition",
     [{"shadow": 0.4}, {"tilt": 3.0}, {"tilt": -4.5, "noise": 5.0}, {"frame": True, "tilt": 2.0}],
@@ -53,6 +54,7 @@ def test_views_find_items_the_first_framing_misses(
     assert fused >= max(first, 0.85), f"{condition}: first framing {first:.2f}, views {fused:.2f}"
 
 
+@pytest.mark.slow  # renders 40 photos and takes their views: seconds
 def test_a_lifted_view_restores_faint_parts_a_tone_curve_weakened(
     catalog: np.ndarray,  # noqa: F811
 ) -> None:
@@ -95,6 +97,7 @@ def _beside_shadow_photo(item: np.ndarray, rng: np.random.Generator) -> bytes:
     return _jpeg((1.0 - darkness) * (1.0 - cast * (darkness < 0.02)))
 
 
+@pytest.mark.slow  # renders 40 photos and takes their views: seconds
 def test_a_trimmed_view_leaves_out_a_shadow_beside_the_base(
     catalog: np.ndarray,  # noqa: F811
 ) -> None:
@@ -140,6 +143,7 @@ def _drop_shadow_photo(item: np.ndarray, rng: np.random.Generator, through: bool
     return _jpeg(reflectance)
 
 
+@pytest.mark.slow  # renders 40 photos and takes their views: seconds
 @pytest.mark.parametrize("through", [False, True], ids=["opaque", "shadow_shows_through"])
 def test_views_without_a_shadow_cast_to_one_side(
     catalog: np.ndarray,  # noqa: F811
@@ -186,6 +190,7 @@ def _slanted_shadow_photo(item: np.ndarray, rng: np.random.Generator) -> bytes:
     return _jpeg(floor * (1.0 - ink) + 0.12 * ink)
 
 
+@pytest.mark.slow  # renders 40 photos and takes their views: seconds
 def test_views_with_a_slanted_shadow_fitted_and_divided_out(
     catalog: np.ndarray,  # noqa: F811
 ) -> None:
