@@ -1427,11 +1427,9 @@ def _shadowless_maps(
     if rim.sum() >= area:
         unshadowed = _unshadow(signed, smooth, obj, rim, unit)
         yield "with a cast shadow divided out", unshadowed
-        again = _box_blur3(unshadowed)
-        left = again > thr
-        if left.any():  # and what is left of a shadow around its body cut
-            share = _VIEW_BODY[-1]
-            core = regions.fill_holes(again > share * _level(again, left))
+        share = _VIEW_BODY[-1]  # and what is left of a shadow around its body cut
+        core = _body_core(unshadowed, thr, share)
+        if core is not None:
             yield f"with a cast shadow divided out, its body over {share:.0%}", unshadowed * core
     band = obj & (body <= 0.0)  # around the body (at the last share): a shadow's band, perhaps
     if band.sum() >= area:
@@ -1446,12 +1444,20 @@ def _shadowless_maps(
         label = f"with its fitted cast shadow (fainter than {share:.0%}) divided out"
         fitted = _divided(signed, shadow, obj)
         yield label, fitted
-        again = _box_blur3(fitted)
-        left = again > thr
-        if left.any():  # and the faint rest of the shadow's edge cut
-            cut = _VIEW_BODY[0]
-            core = regions.fill_holes(again > cut * _level(again, left))
+        cut = _VIEW_BODY[0]  # and the faint rest of the shadow's edge cut
+        core = _body_core(fitted, thr, cut)
+        if core is not None:
             yield f"{label}, its body over {cut:.0%}", fitted * core
+
+
+def _body_core(object_map: np.ndarray, thr: float, share: float) -> np.ndarray | None:
+    """(H, W) bool: where the object in ``object_map`` (above ``thr``, box-blurred) is darker
+    than ``share`` of its level, holes filled; None when nothing is above ``thr``."""
+    smooth = _box_blur3(object_map)
+    obj = smooth > thr
+    if not obj.any():
+        return None
+    return regions.fill_holes(smooth > share * _level(smooth, obj))
 
 
 def _shadow_rim(smooth: np.ndarray, obj: np.ndarray, level: float, unit: float) -> np.ndarray:

@@ -122,14 +122,21 @@ SHADOWLESS = (
 )
 
 
+def _ink(item: np.ndarray, top: int) -> np.ndarray:
+    """(340, 440) float32: the item's darkness in [0, 1], enlarged to 220 px, ``top`` px from the
+    top and centred across."""
+    ink = np.zeros((340, 440), np.float32)
+    up = Image.fromarray(item, "L").resize((220, 220), Image.Resampling.BICUBIC)
+    ink[top : top + 220, 110:330] = np.asarray(up, np.float32) / 255.0
+    return ink
+
+
 def _drop_shadow_photo(item: np.ndarray, rng: np.random.Generator, through: bool) -> bytes:
     """A dark item ~220 px tall on white with its soft shadow cast down and to one side (a lamp
     above and beside it; 25-35 % darker). ``through``: the item is laid over the shadowed floor
     with its darkness as its opacity, so the shadow shows through its faint parts; else it is
     opaque wherever it has ink (JPEG 88)."""
-    ink = np.zeros((340, 440), np.float32)
-    up = Image.fromarray(item, "L").resize((220, 220), Image.Resampling.BICUBIC)
-    ink[50:270, 110:330] = np.asarray(up, np.float32) / 255.0
+    ink = _ink(item, 50)
     dx, dy = int(rng.choice([-1, 1]) * rng.integers(10, 25)), int(rng.integers(8, 20))
     silhouette = np.clip(ink / 0.1, 0.0, 1.0)
     moved = np.roll(np.roll(silhouette, dy, axis=0), dx, axis=1)
@@ -172,9 +179,7 @@ def _slanted_shadow_photo(item: np.ndarray, rng: np.random.Generator) -> bytes:
     foreshortened to 30-70 % of its height about its base and slanted to one side (the top
     moves 40-120 % of the shadow's height), blurred, 20-35 % darker, and shows through the
     item's faint parts (JPEG 88)."""
-    ink = np.zeros((340, 440), np.float32)
-    up = Image.fromarray(item, "L").resize((220, 220), Image.Resampling.BICUBIC)
-    ink[70:290, 110:330] = np.asarray(up, np.float32) / 255.0
+    ink = _ink(item, 70)
     rows = np.flatnonzero((ink > 0.1).any(axis=1))
     base = float(rows[-1]) if len(rows) else 289.0
     squash, slant = rng.uniform(0.3, 0.7), rng.choice([-1, 1]) * rng.uniform(0.4, 1.2)
