@@ -935,11 +935,12 @@ def _fit_background(
         idx = np.flatnonzero(sample.ravel())
         if len(idx) > _FIT_POINTS:
             idx = idx[:: len(idx) // _FIT_POINTS + 1]
-        const = np.median(flat[idx], axis=0)
+        points = flat[idx]
+        const = np.median(points, axis=0)
         terms = _surface_terms(idx // w, idx % w, (h, w))
-        quad = _least_squares(terms, flat[idx])
-        r_const = (flat[idx] - const) @ _weights(c)
-        r_quad = (flat[idx] - terms @ quad) @ _weights(c)
+        quad = _least_squares(terms, points)
+        r_const = (points - const) @ _weights(c)
+        r_quad = (points - terms @ quad) @ _weights(c)
         # the surface only where it explains the background clearly better than a colour
         if _mad_sigma(r_quad) < 0.8 * _mad_sigma(r_const):
             coef = quad
@@ -1031,15 +1032,13 @@ def _object_mask(smooth: np.ndarray, low: float, high: float) -> np.ndarray | No
     flat = labels.ravel()
     area = np.bincount(flat, minlength=count + 1)[1:]
     mass = np.bincount(flat, weights=smooth.ravel(), minlength=count + 1)[1:]
-    peak = np.zeros(count + 1, np.float32)
-    np.maximum.at(peak, flat, smooth.ravel())
-    peak = peak[1:]
+    reaches = np.bincount(flat[smooth.ravel() >= high], minlength=count + 1)[1:] > 0
     edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     touches = np.zeros(count, bool)
     touches[edge[edge > 0] - 1] = True
-    keep = (peak >= high) & (area >= max(2, _MIN_AREA * h * w))
+    keep = reaches & (area >= max(2, _MIN_AREA * h * w))
     if not keep.any():
-        keep = peak >= high
+        keep = reaches
         if not keep.any():
             return None
     score = np.where(keep, mass, -1.0)

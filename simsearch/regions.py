@@ -16,12 +16,11 @@ __all__ = ["boxes", "dilate", "erode", "fill_holes", "label"]
 def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The horizontal runs of True in a (H, W) bool mask: (row, start, stop) int arrays."""
     h, w = mask.shape
-    padded = np.zeros((h, w + 2), np.int8)
+    padded = np.zeros((h, w + 2), bool)
     padded[:, 1:-1] = mask
-    d = np.diff(padded, axis=1)
-    rows, starts = np.nonzero(d == 1)
-    _, stops = np.nonzero(d == -1)  # same row order: both scan row by row, left to right
-    return rows, starts, stops
+    rows, cols = np.nonzero(padded[:, 1:] != padded[:, :-1])
+    # row by row, left to right, a row's changes alternate: a run's start, then its stop
+    return rows[::2], cols[::2], cols[1::2]
 
 
 def label(mask: np.ndarray, connectivity: int = 8) -> tuple[np.ndarray, int]:
@@ -99,13 +98,11 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     cols = np.flatnonzero(mask.any(axis=0))
     # holes lie inside the mask's bounding box: work there, with a margin that is outside
     y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    part = np.pad(mask[y0:y1, x0:x1], 1, constant_values=False)
-    background, _ = label(~part, connectivity=4)
-    edge = np.unique(
-        np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])
-    )
-    holes = (background > 0) & ~np.isin(background, edge[edge > 0])
-    out[y0:y1, x0:x1] |= holes[1:-1, 1:-1]
+    part = np.ones((y1 - y0 + 2, x1 - x0 + 2), bool)
+    part[1:-1, 1:-1] = ~mask[y0:y1, x0:x1]
+    background, _ = label(part, connectivity=4)
+    # the margin is one component and holds the first pixel: label 1; the others are holes
+    out[y0:y1, x0:x1] |= background[1:-1, 1:-1] > 1
     return out
 
 
