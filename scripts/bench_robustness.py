@@ -195,7 +195,7 @@ def render_photo(item: np.ndarray, p: Scene, rng: np.random.Generator) -> bytes:
         # slanted sideways the higher it reaches (a light to one side)
         yy = np.arange(H, dtype=np.float32)
         rise = base_row - (yy - dy)
-        src = base_row - rise / max(squash, 1e-3)
+        src = base_row - rise / (squash if abs(squash) >= 1e-3 else 1e-3)  # < 0: mirrored
         gy, gx = np.meshgrid(src, np.arange(W, dtype=np.float32) - dx, indexing="ij")
         gx = gx - shear * rise[:, None]
         cast = map_coordinates(sil, [gy, gx], order=1, mode="constant", cval=0.0)
@@ -275,6 +275,18 @@ def _shadow(rng: np.random.Generator, lo: float = 0.15, hi: float = 0.45) -> tup
     )
 
 
+def _contact_shadow(rng: np.random.Generator) -> tuple:
+    """(strength, blur px, squash, dx, dy): a light above the item: the band of shadow under its
+    base, its outline flattened and mirrored below it."""
+    return (
+        float(rng.uniform(0.2, 0.4)),
+        float(rng.uniform(3.0, 7.0)),
+        -float(rng.uniform(0.08, 0.2)),
+        float(rng.uniform(-4, 4)),
+        float(rng.uniform(0, 4)),
+    )
+
+
 def _cast_shadow(rng: np.random.Generator) -> tuple:
     """(strength, blur px, squash, dx, dy, shear): the shadow of a lamp beside the item, either
     its whole outline moved sideways and down, or flattened behind it and slanted."""
@@ -351,6 +363,11 @@ SCENES: dict[str, tuple[str, Callable[[np.random.Generator], Scene]]] = {
     "photo_floor_shadow": (
         "+ a soft floor shadow (15-45 % darker, blur 4-14 px) under and beside the item",
         _with(shadow=_shadow),
+    ),
+    "photo_contact_shadow": (
+        "+ a light above: the band of shadow under the item's base (its outline flattened to "
+        "8-20 % and mirrored, 0-4 px under it; 20-40 % darker, blur 3-7 px)",
+        _with(shadow=_contact_shadow),
     ),
     "photo_cast_shadow": (
         "+ a lamp's shadow: the outline moved 8-25 px sideways and 6-22 px down, or flattened "

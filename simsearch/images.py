@@ -111,8 +111,8 @@ _RESAMPLE = Image.Resampling.HAMMING
 _ANALYSIS_SIZE = 256
 _RING = 0.04  # the outer band where the background is looked for first, share of the short side
 _EXACT_SHARE = 0.25  # a lossless image's band this much one exact colour: that is the background
-_FIT_POINTS = 4096  # background pixels the surface is fitted to (a regular subsample)
-_MAD_POINTS = 8192  # noise levels are measured on at most this many pixels
+_FIT_POINTS = 2048  # background pixels the surface is fitted to (a regular subsample)
+_MAD_POINTS = 4096  # noise levels are measured on at most this many pixels
 _MIN_AREA = 0.0005  # regions smaller than this share of the image are specks
 _INNER_SHARE = 0.2  # a region cut by the frame's edge loses to one inside with this share of it
 _GROUP_GAP = 0.08  # regions this close to the object (share of its size) belong to it ...
@@ -192,6 +192,14 @@ _CAST_SQUASH = (0.3, 0.4, 0.5, 0.6, 0.7, 0.85)
 _CAST_SLANT = tuple(round(-1.2 + 0.2 * i, 1) for i in range(13))
 _CAST_OUTSIDE = 0.05
 _CAST_BLURS = (1, 3, 5, 7)
+# A light above an item on the floor puts a band of shadow under its base (its silhouette
+# flattened), often as dark as a light item, so that no cut by level takes it away; but a
+# fainter row lies between them. That gap: in the object's lower _GAP_SEARCH, the row whose
+# peak darkness is lowest next to the peaks above and below it, under _GAP_DEPTH of the lesser
+# of them, with at most _GAP_BAND of the object's height (and 2 item pixels) under it.
+_GAP_SEARCH = 0.5
+_GAP_DEPTH = 0.85
+_GAP_BAND = 0.35
 
 
 @dataclass(frozen=True)
@@ -715,7 +723,8 @@ def preprocess_views(source: ImageInput, explain: bool = False) -> Views:
     of its bottom band cut away at a few levels (where a floor shadow lies), with its base
     trimmed to the width above it (a shadow cast beside it), on a light floor without a cast
     shadow (its body alone, or the shadow cut or divided out: see _VIEW_BODY and _RIM_FLAT;
-    or a lamp's shadow fitted as its silhouette moved or flattened and divided out: _CAST_GRID),
+    or a lamp's shadow fitted as its silhouette moved or flattened and divided out: _CAST_GRID;
+    or the band of shadow under its base cut at the fainter row above it: _GAP_DEPTH),
     and the as-found and half-pixel views with faint parts lifted (a camera's tone curve or a
     small item's few pixels weaken a dim sole the catalog image keeps). A query searches with
     every view and keeps each catalog item's best similarity: the framing that matches an item
@@ -1447,6 +1456,31 @@ def _shadowless_maps(
         core = _body_core(fitted, thr, cut)
         if core is not None:
             yield f"{label}, its body over {cut:.0%}", fitted * core
+    under_gap = _cut_under_gap(smooth, obj, signed, unit)
+    if under_gap is not None:
+        yield "without the band under a gap at its base", under_gap
+
+
+def _cut_under_gap(
+    smooth: np.ndarray, obj: np.ndarray, signed: np.ndarray, unit: float
+) -> np.ndarray | None:
+    """``signed`` without the rows under a gap at the base of its object ``obj`` (``smooth``:
+    ``signed`` box-blurred; ``unit`` px per item pixel), or None when there is none (see
+    _GAP_DEPTH)."""
+    rows = np.flatnonzero(obj.any(axis=1))
+    top, bottom = int(rows[0]), int(rows[-1])
+    height = bottom - top + 1
+    start = top + int(_GAP_SEARCH * height)
+    peak = np.where(obj, smooth, 0.0)[start : bottom + 1].max(axis=1)
+    rim = np.minimum(np.maximum.accumulate(peak), np.maximum.accumulate(peak[::-1])[::-1])
+    under = bottom - np.arange(start, bottom + 1)
+    gaps = (peak <= _GAP_DEPTH * rim) & (under <= _GAP_BAND * height) & (under >= 2.0 * unit)
+    if not gaps.any():
+        return None
+    depth = np.where(gaps, peak / np.maximum(rim, 1e-6), np.inf)
+    out = signed.copy()
+    out[start + int(np.argmin(depth)) :] = 0.0
+    return out
 
 
 def _body_core(object_map: np.ndarray, thr: float, share: float) -> np.ndarray | None:

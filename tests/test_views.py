@@ -119,6 +119,7 @@ SHADOWLESS = (
     "with a cast shadow",
     "with the band",
     "with its fitted cast shadow",
+    "without the band",
 )
 
 
@@ -213,6 +214,49 @@ def test_views_with_a_slanted_shadow_fitted_and_divided_out(
         others = max(c for c, is_fitted in zip(cosine, fitted, strict=True) if not is_fitted)
         nearest.append(best > others)
     assert np.mean(nearest) >= 0.2, np.mean(nearest)
+
+
+def _contact_shadow_photo(item: np.ndarray, rng: np.random.Generator) -> bytes:
+    """A light item (darkness up to 0.35-0.6) ~220 px tall standing on a white floor, a light
+    above it: its shadow is a band under its base, its silhouette flattened to 8-20 % and
+    mirrored, 0-4 px below it, 0-15 % wider, blurred and as dark as the item (25-40 %; JPEG
+    88)."""
+    ink = _ink(item, 40) * rng.uniform(0.35, 0.6)
+    rows = np.flatnonzero((ink > 0.02).any(axis=1))
+    base = float(rows[-1]) if len(rows) else 259.0
+    squash, gap, wider = rng.uniform(0.08, 0.2), rng.uniform(0.0, 4.0), rng.uniform(1.0, 1.15)
+    silhouette = Image.fromarray(np.rint(np.clip(ink / 0.02, 0.0, 1.0) * 255.0).astype(np.uint8))
+    # Each floor point (x, y) under the base shows the silhouette's point at
+    # (220 + (x - 220) / wider, base - (y - base - gap) / squash).
+    coefficients = (
+        1.0 / wider, 0.0, 220.0 * (1.0 - 1.0 / wider),
+        0.0, -1.0 / squash, base + (base + gap) / squash,
+    )  # fmt: skip
+    band = silhouette.transform(
+        silhouette.size, Image.Transform.AFFINE, coefficients, Image.Resampling.BILINEAR
+    )
+    blurred = band.filter(ImageFilter.GaussianBlur(float(rng.uniform(3, 6))))
+    floor = 1.0 - rng.uniform(0.25, 0.4) * np.asarray(blurred, np.float32) / 255.0
+    return _jpeg(np.where(ink > 0.02, 1.0 - ink, floor))
+
+
+@pytest.mark.slow  # renders 40 photos and takes their views: seconds
+def test_a_view_without_the_band_of_shadow_under_the_base(
+    catalog: np.ndarray,  # noqa: F811
+) -> None:
+    """A light above a light item puts a band of shadow as dark as the item under its base,
+    a fainter row between them: the view cut at that row is nearer the catalog item than the
+    as-found view for 0.95 of photos, measured (and it is there for all of them)."""
+    rng = np.random.default_rng(3)
+    found, nearer = [], []
+    for row in range(3, 1000, 1000 // QUERIES):
+        views = preprocess_views(_contact_shadow_photo(catalog[row], rng))
+        name = "without the band under a gap at its base"
+        found.append(name in views.names)
+        if found[-1]:
+            cosine = _cosines(views.pixels[[0, views.names.index(name)]], catalog[row])
+            nearer.append(cosine[1] > cosine[0])
+    assert np.mean(found) >= 0.8 and np.mean(nearer) >= 0.8, (np.mean(found), np.mean(nearer))
 
 
 def test_views_without_a_shadow_only_on_a_light_surface(
