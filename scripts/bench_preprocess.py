@@ -115,7 +115,7 @@ def main() -> None:
                     kind: round(m["preprocess"] / m["pillow_full_decode"], 3)
                     for kind, m in medians.items()
                 },
-                "views": len(preprocess_views(photos["grey"][0]).names),
+                "views": {kind: len(preprocess_views(ps[0]).names) for kind, ps in photos.items()},
             },
             indent=1,
         )

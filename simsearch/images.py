@@ -1418,7 +1418,8 @@ def _shadowless_maps(
     signed: np.ndarray, thr: float, unit: float
 ) -> Iterator[tuple[str, np.ndarray]]:
     """(label, object map) of the views that leave a cast shadow out of the object in
-    ``signed`` (above ``thr``; ``unit`` px per item pixel): see _VIEW_BODY and _RIM_FLAT."""
+    ``signed`` (above ``thr``; ``unit`` px per item pixel): see _VIEW_BODY, _RIM_FLAT, _CAST_GRID
+    and _GAP_DEPTH."""
     smooth = _box_blur3(signed)
     obj = smooth > thr
     if not obj.any():
