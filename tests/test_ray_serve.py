@@ -390,7 +390,8 @@ class TestShardedIndex:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
             try:
                 page = browser.new_page()
-                page.set_default_timeout(30_000)
+                # the cluster's replicas share two cores with the browser and the rest of the suite
+                page.set_default_timeout(60_000)
                 errors: list[str] = []
                 page.on("pageerror", lambda exc: errors.append(str(exc)))
                 page.goto(url + "/")
