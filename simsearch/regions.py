@@ -31,10 +31,24 @@ def label(mask: np.ndarray, connectivity: int = 8) -> tuple[np.ndarray, int]:
     """
     mask = np.asarray(mask, bool)
     labels = np.zeros(mask.shape, np.int32)
+    rows, starts, stops, root = _components(mask, connectivity)
+    if len(rows) == 0:
+        return labels, 0
+    _, inverse = np.unique(root, return_inverse=True)
+    run_labels = inverse.astype(np.int32) + 1
+    _paint(labels, rows, starts, stops, run_labels)
+    return labels, int(run_labels.max())
+
+
+def _components(
+    mask: np.ndarray, connectivity: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The runs of a (H, W) bool mask (see :func:`_runs`) and each run's component: the index of
+    the component's first run, in row-major order."""
     rows, starts, stops = _runs(mask)
     n = len(rows)
     if n == 0:
-        return labels, 0
+        return rows, starts, stops, np.zeros(0, np.intp)
     slack = 1 if connectivity == 8 else 0
     # Run j (row r) touches run i (row r - 1) when each starts before the other stops (give or
     # take a diagonal): those i are a contiguous range [lo, hi) of the row-major run order,
@@ -63,28 +77,38 @@ def label(mask: np.ndarray, connectivity: int = 8) -> tuple[np.ndarray, int]:
         if np.array_equal(merged, root):
             break
         root = merged
-    _, inverse = np.unique(root, return_inverse=True)
-    run_labels = inverse.astype(np.int32) + 1
-    # every run's pixels at once: flat positions start..stop-1 of each run, in run order
+    return rows, starts, stops, root
+
+
+def _paint(
+    out: np.ndarray, rows: np.ndarray, starts: np.ndarray, stops: np.ndarray, values: np.ndarray
+) -> None:
+    """Set the pixels of each run (row, start..stop-1) of the 2-D array ``out`` to its value."""
     lengths = stops - starts
-    offsets = np.repeat(rows * mask.shape[1] + starts - (np.cumsum(lengths) - lengths), lengths)
-    labels.ravel()[offsets + np.arange(int(lengths.sum()))] = np.repeat(run_labels, lengths)
-    return labels, int(run_labels.max())
+    offsets = np.repeat(rows * out.shape[1] + starts - (np.cumsum(lengths) - lengths), lengths)
+    out.ravel()[offsets + np.arange(int(lengths.sum()))] = np.repeat(values, lengths)
 
 
 def boxes(labels: np.ndarray, count: int) -> tuple[np.ndarray, ...]:
     """Bounding boxes of labels 1..count -> (top, left, bottom, right) int arrays of length
     count, inclusive."""
-    ys, xs = np.nonzero(labels)
-    k = labels[ys, xs] - 1
-    top = np.full(count, labels.shape[0], np.int64)
-    left = np.full(count, labels.shape[1], np.int64)
+    # the row segments of one label each: from one change of value to the next, along a row
+    h, w = labels.shape
+    padded = np.zeros((h, w + 2), labels.dtype)
+    padded[:, 1:-1] = labels
+    rows, cols = np.nonzero(padded[:, 1:] != padded[:, :-1])
+    value = padded[rows, cols + 1]
+    segment = (rows[:-1] == rows[1:]) & (value[:-1] > 0)
+    ys, x0, x1 = rows[:-1][segment], cols[:-1][segment], cols[1:][segment]
+    k = value[:-1][segment] - 1
+    top = np.full(count, h, np.int64)
+    left = np.full(count, w, np.int64)
     bottom = np.full(count, -1, np.int64)
     right = np.full(count, -1, np.int64)
     np.minimum.at(top, k, ys)
-    np.minimum.at(left, k, xs)
+    np.minimum.at(left, k, x0)
     np.maximum.at(bottom, k, ys)
-    np.maximum.at(right, k, xs)
+    np.maximum.at(right, k, x1 - 1)
     return top, left, bottom, right
 
 
@@ -100,9 +124,13 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
     part = np.ones((y1 - y0 + 2, x1 - x0 + 2), bool)
     part[1:-1, 1:-1] = ~mask[y0:y1, x0:x1]
-    background, _ = label(part, connectivity=4)
-    # the margin is one component and holds the first pixel: label 1; the others are holes
-    out[y0:y1, x0:x1] |= background[1:-1, 1:-1] > 1
+    rows, starts, stops, root = _components(part, connectivity=4)
+    # the margin is one component and holds the first run: every other one is a hole
+    hole = root != 0
+    if hole.any():
+        filled = np.zeros(part.shape, bool)
+        _paint(filled, rows[hole], starts[hole], stops[hole], np.ones(int(hole.sum()), bool))
+        out[y0:y1, x0:x1] |= filled[1:-1, 1:-1]
     return out
 
 
