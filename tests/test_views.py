@@ -217,10 +217,10 @@ def test_views_with_a_slanted_shadow_fitted_and_divided_out(
 
 
 def _contact_shadow_photo(item: np.ndarray, rng: np.random.Generator) -> bytes:
-    """A light item (darkness up to 0.35-0.6) ~220 px tall standing on a white floor, a light
-    above it: its shadow is a band under its base, its silhouette flattened to 8-20 % and
-    mirrored, 0-4 px below it, 0-15 % wider, blurred and as dark as the item (25-40 %; JPEG
-    88)."""
+    """A light item (its darkest part 35-60 % dark) ~220 px tall standing on a white floor, a
+    light above it: its shadow is a band under its base, its silhouette flattened to 8-20 % and
+    mirrored, 0-4 px below it, 0-15 % wider, blurred and about as dark as the item (25-40 %;
+    JPEG 88)."""
     ink = _ink(item, 40) * rng.uniform(0.35, 0.6)
     rows = np.flatnonzero((ink > 0.02).any(axis=1))
     base = float(rows[-1]) if len(rows) else 259.0
