@@ -555,10 +555,14 @@ def _query_names(images: list[str], from_list: Path | None) -> Iterator[str]:
             stdin = str(from_list) == "-"
             lines = sys.stdin if stdin else open(from_list, encoding="utf-8")  # noqa: SIM115
             try:
+                listed = 0
                 for line in lines:
                     line = line.strip()
                     if line and not line.startswith("#"):
+                        listed += 1
                         yield line
+                if not listed:  # as a folder with no images: a list that names none is a mistake
+                    raise ConfigError(f"--from-list {from_list}: no image paths listed")
             finally:
                 if not stdin:
                     lines.close()

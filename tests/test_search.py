@@ -293,6 +293,14 @@ def test_query_a_folder_and_a_list_streaming_json(pca_index_dir: Path, photos: P
     assert records[0]["results"][0]["similarity"] == 1.0 and "error" in records[-1]
 
 
+def test_query_a_list_that_names_no_image(pca_index_dir: Path, photos: Path) -> None:
+    listing = photos / "empty.txt"
+    listing.write_text("# nothing to do today\n\n")
+    result = cli("query", "--from-list", listing, "--index-dir", pca_index_dir)
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "no image paths listed" in result.stderr
+
+
 def test_query_filters_thresholds_and_csv(pca_index_dir: Path, photos: Path) -> None:
     item = photos / "a" / "item7.png"
     label = SearchIndex.load(pca_index_dir).label_name_of(7)
