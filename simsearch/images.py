@@ -1446,8 +1446,9 @@ def _shadowless_maps(
             "with the band around its body divided out",
             _unshadow(signed, smooth, obj, band, unit),
         )
+    grid = _cast_grid(signed, unit)
     for share in _CAST_BODIES:
-        shadow = _fit_cast_shadow(signed, share * level, unit)
+        shadow = _fit_cast_shadow(grid, share * level, signed.shape)
         if shadow is None:
             continue
         label = f"with its fitted cast shadow (fainter than {share:.0%}) divided out"
@@ -1468,11 +1469,10 @@ def _cut_under_gap(
     """``signed`` without the rows under a gap at the base of its object ``obj`` (``smooth``:
     ``signed`` box-blurred; ``unit`` px per item pixel), or None when there is none (see
     _GAP_DEPTH)."""
-    rows = np.flatnonzero(obj.any(axis=1))
-    top, bottom = int(rows[0]), int(rows[-1])
-    height = bottom - top + 1
+    _, top, _, end = _bbox(obj)
+    bottom, height = end - 1, end - top
     start = top + int(_GAP_SEARCH * height)
-    peak = np.where(obj, smooth, 0.0)[start : bottom + 1].max(axis=1)
+    peak = np.where(obj[start:end], smooth[start:end], 0.0).max(axis=1)
     rim = np.minimum(np.maximum.accumulate(peak), np.maximum.accumulate(peak[::-1])[::-1])
     under = bottom - np.arange(start, bottom + 1)
     gaps = (peak <= _GAP_DEPTH * rim) & (under <= _GAP_BAND * height) & (under >= 2.0 * unit)
@@ -1542,16 +1542,23 @@ def _divided(signed: np.ndarray, shadow: np.ndarray, keep: np.ndarray) -> np.nda
     return np.where(keep, np.clip(own, 0.0, None), 0.0).astype(np.float32)
 
 
-def _fit_cast_shadow(signed: np.ndarray, body_level: float, unit: float) -> np.ndarray | None:
-    """(H, W) float32: the darkness of a lamp's shadow fitted to the object in ``signed``
-    around its body (what is darker than ``body_level``; ``unit`` px per item pixel; see
-    _CAST_GRID), or None when no silhouette fits."""
+def _cast_grid(signed: np.ndarray, unit: float) -> np.ndarray:
+    """``signed`` box-reduced to _CAST_GRID cells per item pixel (``unit`` px each)."""
     h, w = signed.shape
     step = max(1, round(unit / _CAST_GRID))
     gh, gw = -(-h // step), -(-w // step)
-    grid = np.asarray(
+    return np.asarray(
         Image.fromarray(np.asarray(signed, np.float32)).resize((gw, gh), Image.Resampling.BOX)
     )
+
+
+def _fit_cast_shadow(
+    grid: np.ndarray, body_level: float, shape: tuple[int, int]
+) -> np.ndarray | None:
+    """``shape`` (H, W) float32: the darkness of a lamp's shadow fitted to the object in
+    ``grid`` (its map on the grid of :func:`_cast_grid`) around its body (what is darker than
+    ``body_level``), or None when no silhouette fits."""
+    h, w = shape
     body = regions.fill_holes(grid > body_level)
     if not body.any():
         return None

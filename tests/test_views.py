@@ -175,6 +175,20 @@ def test_views_without_a_shadow_cast_to_one_side(
     assert np.mean(nearest) >= 0.5, np.mean(nearest)
 
 
+def _shadowed_floor(
+    ink: np.ndarray, solid: float, coefficients: tuple, blur: float, strength: float
+) -> np.ndarray:
+    """A white floor's reflectance under the item's shadow: its silhouette (opaque from ``ink``
+    ``solid`` on) moved by the PIL affine ``coefficients`` (output -> input point), blurred by
+    ``blur`` px and darkening the floor by ``strength``."""
+    silhouette = Image.fromarray(np.rint(np.clip(ink / solid, 0.0, 1.0) * 255.0).astype(np.uint8))
+    cast = silhouette.transform(
+        silhouette.size, Image.Transform.AFFINE, coefficients, Image.Resampling.BILINEAR
+    )
+    blurred = cast.filter(ImageFilter.GaussianBlur(float(blur)))
+    return 1.0 - strength * np.asarray(blurred, np.float32) / 255.0
+
+
 def _slanted_shadow_photo(item: np.ndarray, rng: np.random.Generator) -> bytes:
     """A dark item ~220 px tall on white, a lamp in front of it: its shadow falls behind it,
     foreshortened to 30-70 % of its height about its base and slanted to one side (the top
@@ -184,15 +198,10 @@ def _slanted_shadow_photo(item: np.ndarray, rng: np.random.Generator) -> bytes:
     rows = np.flatnonzero((ink > 0.1).any(axis=1))
     base = float(rows[-1]) if len(rows) else 289.0
     squash, slant = rng.uniform(0.3, 0.7), rng.choice([-1, 1]) * rng.uniform(0.4, 1.2)
-    silhouette = Image.fromarray(np.rint(np.clip(ink / 0.1, 0.0, 1.0) * 255.0).astype(np.uint8))
     # Each floor point (x, y) above the base shows the silhouette's point at
     # (x + slant * (y - base), base + (y - base) / squash).
     coefficients = (1.0, slant, -slant * base, 0.0, 1.0 / squash, base * (1.0 - 1.0 / squash))
-    cast = silhouette.transform(
-        silhouette.size, Image.Transform.AFFINE, coefficients, Image.Resampling.BILINEAR
-    )
-    blurred = cast.filter(ImageFilter.GaussianBlur(float(rng.uniform(4, 10))))
-    floor = 1.0 - rng.uniform(0.2, 0.35) * np.asarray(blurred, np.float32) / 255.0
+    floor = _shadowed_floor(ink, 0.1, coefficients, rng.uniform(4, 10), rng.uniform(0.2, 0.35))
     return _jpeg(floor * (1.0 - ink) + 0.12 * ink)
 
 
@@ -225,18 +234,13 @@ def _contact_shadow_photo(item: np.ndarray, rng: np.random.Generator) -> bytes:
     rows = np.flatnonzero((ink > 0.02).any(axis=1))
     base = float(rows[-1]) if len(rows) else 259.0
     squash, gap, wider = rng.uniform(0.08, 0.2), rng.uniform(0.0, 4.0), rng.uniform(1.0, 1.15)
-    silhouette = Image.fromarray(np.rint(np.clip(ink / 0.02, 0.0, 1.0) * 255.0).astype(np.uint8))
     # Each floor point (x, y) under the base shows the silhouette's point at
     # (220 + (x - 220) / wider, base - (y - base - gap) / squash).
     coefficients = (
         1.0 / wider, 0.0, 220.0 * (1.0 - 1.0 / wider),
         0.0, -1.0 / squash, base + (base + gap) / squash,
     )  # fmt: skip
-    band = silhouette.transform(
-        silhouette.size, Image.Transform.AFFINE, coefficients, Image.Resampling.BILINEAR
-    )
-    blurred = band.filter(ImageFilter.GaussianBlur(float(rng.uniform(3, 6))))
-    floor = 1.0 - rng.uniform(0.25, 0.4) * np.asarray(blurred, np.float32) / 255.0
+    floor = _shadowed_floor(ink, 0.02, coefficients, rng.uniform(3, 6), rng.uniform(0.25, 0.4))
     return _jpeg(np.where(ink > 0.02, 1.0 - ink, floor))
 
 
